@@ -1,0 +1,5 @@
+import sys
+
+from stormvl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,115 @@
+"""The ``stormvl`` command line: one thin function per subcommand.
+
+Each command parses flags, calls library code, and prints. A ``UserError`` anywhere below
+becomes ``error: <message>`` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from stormvl.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="stormvl: latent spatial-temporal reasoning for video-language models.",
+    pretty_exceptions_enable=False,
+)
+
+
+def _not_ready(what: str, issue: int) -> None:
+    raise UserError(f"'{what}' is not implemented yet (tracked in issue {issue})")
+
+
+@app.command()
+def families() -> None:
+    """List the procedural task families, one line each."""
+    _not_ready("families", 2)
+
+
+@app.command()
+def synth() -> None:
+    """Generate the procedural suite: videos, thought videos and a manifest."""
+    _not_ready("synth", 2)
+
+
+@app.command()
+def audit() -> None:
+    """Score cheap shortcut baselines on a generated suite (anti-shortcut audit)."""
+    _not_ready("audit", 2)
+
+
+@app.command()
+def thoughts() -> None:
+    """Make thought videos for a manifest with a generator (sharded, resumable)."""
+    _not_ready("thoughts", 7)
+
+
+@app.command()
+def train() -> None:
+    """Train a method (direct, textcot, latent, storm stage 1/2, oracle) from a YAML config."""
+    _not_ready("train", 4)
+
+
+@app.command()
+def export() -> None:
+    """Merge LoRA adapters into a full Hugging Face checkpoint."""
+    _not_ready("export", 4)
+
+
+@app.command()
+def score() -> None:
+    """Score raw model replies on a benchmark as the standard harness does."""
+    _not_ready("score", 5)
+
+
+@app.command(name="eval")
+def evaluate() -> None:
+    """Run a trained model over a benchmark; resumable, with cost accounting."""
+    _not_ready("eval", 5)
+
+
+@app.command()
+def answer() -> None:
+    """Answer one question about one video, with latency."""
+    _not_ready("answer", 5)
+
+
+@app.command()
+def demo() -> None:
+    """The whole method end to end on the built-in suite, with a report."""
+    _not_ready("demo", 6)
+
+
+@app.command()
+def report() -> None:
+    """Rebuild report.md / index.html / plots from a results folder."""
+    _not_ready("report", 6)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the exit code."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        # Usage errors from the (vendored) click layer carry show() and exit_code.
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+            exc.show()
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Video decode / sample / encode with PyAV (never torchvision).
+
+Three rules every caller relies on:
+
+1. Errors name the file: a missing, corrupt, empty or too-slow video raises ``VideoError``
+   whose message starts with the path.
+2. Timestamps come from the frames actually sampled (``Clip.timestamps``), so a model's
+   temporal positions never assume a frame rate the sampler did not use.
+3. Writes are atomic: a killed encode leaves no half-written file at the final path.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from stormvl.errors import VideoError
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says about a video stream."""
+
+    num_frames: int  # decoded frame count (exact when ``exact`` else estimated)
+    fps: float
+    width: int
+    height: int
+    exact: bool
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps if self.fps > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Clip:
+    """Sampled frames and where they came from."""
+
+    frames: np.ndarray  # (T, H, W, 3) uint8 RGB
+    indices: np.ndarray  # (T,) int64 frame index in the source video
+    timestamps: np.ndarray  # (T,) float64 seconds = index / fps
+    fps: float  # the source video's frame rate
+
+
+def _open(path: str | Path, timeout_s: float | None):
+    p = Path(path)
+    if not p.is_file():
+        raise VideoError(f"{p}: video file not found")
+    if p.stat().st_size == 0:
+        raise VideoError(f"{p}: video file is empty")
+    try:
+        kwargs = {"timeout": (timeout_s, timeout_s)} if timeout_s else {}
+        container = av.open(str(p), **kwargs)
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        raise VideoError(f"{p}: cannot open video ({exc})") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{p}: no video stream")
+    return container
+
+
+def probe(path: str | Path, timeout_s: float | None = 30.0) -> VideoInfo:
+    """Read stream metadata (frame count, fps, size) without decoding when possible.
+
+    Raises:
+        VideoError: the file is missing, empty or not a video.
+    """
+    with _open(path, timeout_s) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+        n = int(stream.frames or 0)
+        exact = n > 0
+        if not exact and stream.duration and stream.time_base:
+            n = int(round(float(stream.duration * stream.time_base) * fps))
+        if n <= 0 and container.duration:
+            n = int(round(container.duration / av.time_base * fps))
+        return VideoInfo(n, fps, stream.codec_context.width, stream.codec_context.height, exact)
+
+
+def sample_indices(
+    num_total: int,
+    fps: float,
+    num_frames: int | None = None,
+    sample_fps: float | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    max_frames: int | None = None,
+) -> np.ndarray:
+    """Choose which source frames to use.
+
+    Uniform ``num_frames`` picks the centre of ``num_frames`` equal segments of the window
+    (the convention of MVBench / lmms-eval); ``sample_fps`` takes one frame every
+    ``1 / sample_fps`` seconds, capped at ``max_frames``. ``start`` / ``end`` (seconds)
+    restrict the window (MVBench bounds).
+
+    Returns:
+        (T,) int64 sorted frame indices, T >= 1.
+    """
+    if num_total <= 0:
+        raise ValueError("video has no frames")
+    if (num_frames is None) == (sample_fps is None):
+        raise ValueError("give exactly one of num_frames or sample_fps")
+    lo = 0 if start is None else max(0, int(round(start * fps)))
+    hi = num_total - 1 if end is None else min(num_total - 1, int(round(end * fps)))
+    if hi < lo:  # a bound outside the video: fall back to the whole clip
+        lo, hi = 0, num_total - 1
+    span = hi - lo + 1
+    if num_frames is not None:
+        if num_frames < 1:
+            raise ValueError("num_frames must be >= 1")
+        seg = span / num_frames
+        idx = lo + np.floor(seg / 2 + seg * np.arange(num_frames)).astype(np.int64)
+    else:
+        if sample_fps <= 0:
+            raise ValueError("sample_fps must be > 0")
+        step = fps / sample_fps
+        count = max(1, int(span / step))
+        if max_frames is not None and count > max_frames:
+            return sample_indices(num_total, fps, num_frames=max_frames, start=start, end=end)
+        idx = lo + np.floor(step / 2 + step * np.arange(count)).astype(np.int64)
+    return np.clip(idx, lo, hi)
+
+
+def decode_frames(
+    path: str | Path, indices: np.ndarray | None = None, timeout_s: float | None = 60.0
+) -> tuple[np.ndarray, float]:
+    """Decode the frames at ``indices`` (all frames when None), in order.
+
+    Frames are counted in decode order, which is the display order for the constant-frame-
+    rate files this project writes and the benchmarks ship. Decoding stops after the last
+    wanted index, so a short clip of a long video does not pay for the rest.
+
+    Returns:
+        (frames (T, H, W, 3) uint8, source fps)
+
+    Raises:
+        VideoError: unreadable file, fewer frames than asked for, or decoding that takes
+            longer than ``timeout_s`` seconds.
+    """
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    want = None if indices is None else np.asarray(indices, dtype=np.int64)
+    last = None if want is None else int(want.max())
+    picked: dict[int, np.ndarray] = {}
+    with _open(path, timeout_s) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+        wanted = None if want is None else set(want.tolist())
+        i = -1
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise VideoError(f"{path}: decoding took longer than {timeout_s:.0f}s")
+                if wanted is None or i in wanted:
+                    picked[i] = frame.to_ndarray(format="rgb24")
+                if last is not None and i >= last:
+                    break
+        except av.error.FFmpegError as exc:
+            raise VideoError(f"{path}: corrupt video stream at frame {i + 1} ({exc})") from None
+    if not picked:
+        raise VideoError(f"{path}: no decodable frames")
+    if want is None:
+        return np.stack([picked[k] for k in sorted(picked)]), fps
+    missing = [int(k) for k in want if int(k) not in picked]
+    if missing:
+        # Container frame counts can overstate; reuse the last decoded frame for a tail
+        # that is at most 2 frames short, anything else is a truncated file.
+        got = max(picked)
+        if min(missing) < got or max(missing) - got > 2:
+            raise VideoError(
+                f"{path}: only {got + 1} frames decodable, frame {min(missing)} requested"
+            )
+        for k in missing:
+            picked[k] = picked[got]
+    return np.stack([picked[int(k)] for k in want]), fps
+
+
+def read_clip(
+    path: str | Path,
+    num_frames: int | None = None,
+    sample_fps: float | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    max_frames: int | None = None,
+    timeout_s: float | None = 60.0,
+) -> Clip:
+    """Sample and decode a clip; timestamps are those of the frames actually used."""
+    info = probe(path, timeout_s)
+    n = info.num_frames
+    if n <= 0:  # unknown length: decode everything once and sample from memory
+        frames, fps = decode_frames(path, None, timeout_s)
+        idx = sample_indices(len(frames), fps, num_frames, sample_fps, start, end, max_frames)
+        return Clip(frames[idx], idx, idx / fps, fps)
+    idx = sample_indices(n, info.fps, num_frames, sample_fps, start, end, max_frames)
+    frames, fps = decode_frames(path, idx, timeout_s)
+    return Clip(frames, idx, idx.astype(np.float64) / fps, fps)
+
+
+def write_video(
+    path: str | Path, frames: np.ndarray, fps: float = 8.0, lossless: bool = False, crf: int = 18
+) -> None:
+    """Encode (T, H, W, 3) uint8 RGB frames as H.264 mp4, atomically.
+
+    ``lossless`` uses 4:4:4 chroma at qp 0, so decoded pixels equal the input exactly
+    (used for the synthetic suite, whose small objects would smear under 4:2:0).
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    t, h, w, _ = frames.shape
+    if t == 0 or h % 2 or w % 2:
+        raise ValueError(f"need >= 1 frame and even height/width, got {frames.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=_rate(fps))
+            stream.width, stream.height = w, h
+            if lossless:
+                stream.pix_fmt = "yuv444p"
+                stream.options = {"qp": "0", "preset": "ultrafast"}
+            else:
+                stream.pix_fmt = "yuv420p"
+                stream.options = {"crf": str(crf), "preset": "veryfast"}
+            # One encoder thread keeps the bitstream identical across machines and runs.
+            stream.codec_context.thread_count = 1
+            for img in frames:
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _rate(fps: float):
+    from fractions import Fraction
+
+    return Fraction(fps).limit_denominator(1001)
