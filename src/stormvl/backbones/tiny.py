@@ -174,3 +174,13 @@ def build_tiny(
     model = cls.model_class()(config).eval()
     add_latent_tokens(model, tokenizer)
     return cls(model, tokenizer, video=video or cls.tiny_video_settings())
+
+
+def random_clip(num_frames: int = 4, height: int = 56, width: int = 56, fps: float = 2.0,
+                seed: int = 0):
+    """Random uint8 frames (T, H, W, 3) and their timestamps, for tests and speed scripts."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, size=(num_frames, height, width, 3), dtype=np.uint8)
+    return frames, np.arange(num_frames, dtype=np.float64) / fps
