@@ -8,10 +8,11 @@ from stormvl.latent.engine import (
     forward_naive,
     forward_train,
     generate,
+    naive_rollout,
     rollout,
 )
 
 __all__ = [
     "GenerateOutput", "LatentModel", "TrainOutput", "format_question", "forward_naive",
-    "forward_train", "generate", "rollout",
+    "forward_train", "generate", "naive_rollout", "rollout",
 ]

@@ -116,26 +116,34 @@ def forward_train(bb: Backbone, batch: Batch, projector: nn.Module | None = None
     return TrainOutput(loss, logits, latents, hidden, n)
 
 
-def forward_naive(bb: Backbone, batch: Batch, projector: nn.Module | None = None) -> TrainOutput:
-    """Reference: recompute the whole sequence, without a cache, at every latent step.
+def naive_rollout(
+    bb: Backbone, ctx: Context, projector: nn.Module | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference rollout: recompute the whole sequence, without a cache, at every latent step.
 
     What Coconut's reference code does; slow, used to prove the cached rollout equal.
+    Returns hidden (B, L, D), latents (B, K, D) and the input embeddings with the latent
+    slots filled (B, L, D).
     """
-    _check_k(bb, batch)
-    ctx = bb.prepare(batch)
-    embeds = ctx.inputs_embeds
+    b, embeds = ctx.batch, ctx.inputs_embeds
     latents = []
-    if batch.k:
-        s = batch.latent_col
-        for i in range(batch.k):
-            h = bb.run(ctx, bb.new_cache(), 0, embeds[:, : s + i])[:, -1:]
-            latents.append(h)
-            # out-of-place write keeps autograd happy and the chain differentiable
-            embeds = torch.cat([embeds[:, : s + i], _feed(h, projector), embeds[:, s + i + 1 :]], 1)
+    for i in range(b.k):
+        s = b.latent_col + i
+        h = bb.run(ctx, bb.new_cache(), 0, embeds[:, :s])[:, -1:]  # (B, 1, D)
+        latents.append(h)
+        # out-of-place write keeps the chain differentiable
+        embeds = torch.cat([embeds[:, :s], _feed(h, projector), embeds[:, s + 1 :]], 1)
     hidden = bb.run(ctx, bb.new_cache(), 0, embeds)
+    lat = torch.cat(latents, 1) if latents else embeds.new_zeros(b.size, 0, embeds.shape[-1])
+    return hidden, lat, embeds
+
+
+def forward_naive(bb: Backbone, batch: Batch, projector: nn.Module | None = None) -> TrainOutput:
+    """``forward_train`` computed with ``naive_rollout`` (the equivalence reference)."""
+    _check_k(bb, batch)
+    hidden, latents, _ = naive_rollout(bb, bb.prepare(batch), projector)
     loss, logits, n = _loss(bb, batch, hidden)
-    lat = torch.cat(latents, 1) if latents else embeds.new_zeros(batch.size, 0, embeds.shape[-1])
-    return TrainOutput(loss, logits, lat, hidden, n)
+    return TrainOutput(loss, logits, latents, hidden, n)
 
 
 def _sync(device: torch.device) -> None:
