@@ -125,3 +125,12 @@ def test_bad_frames_raise(q25):
         q25.preprocess_video(frames, ts[::-1])
     with pytest.raises(ValueError, match="aspect ratio"):
         q25.preprocess_video(np.zeros((2, 1, 400, 3), np.uint8), [0, 1])
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_linear_patch_embed_equals_conv3d(family):
+    bb = build_tiny(family, "tiny")
+    pe = bb.model.model.visual.patch_embed
+    v = bb.preprocess_video(*random_clip(4, 64, 64))
+    conv = type(pe).forward(pe, v.pixel_values)  # transformers' Conv3d path
+    torch.testing.assert_close(pe(v.pixel_values), conv, atol=1e-5, rtol=0)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import types
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
 
 LATENT_TOKENS = ("<|latent_start|>", "<|latent|>", "<|latent_end|>")
@@ -199,6 +201,22 @@ def add_latent_tokens(model, tokenizer) -> list[int]:
     return tokenizer.convert_tokens_to_ids(list(LATENT_TOKENS))
 
 
+def _linear_patch_embed(self, pixels: torch.Tensor) -> torch.Tensor:
+    # (N, C*tp*p*p) rows are laid out (C, tp, p, p), exactly the Conv3d kernel's flattening
+    w = self.proj.weight  # (D, C, tp, p, p)
+    return F.linear(pixels.to(w.dtype).reshape(-1, w[0].numel()), w.reshape(w.shape[0], -1), self.proj.bias)
+
+
+def use_linear_patch_embed(patch_embed) -> None:
+    """Run the tower's Conv3d patch embedding as the equivalent matmul.
+
+    kernel == stride == one patch, so the convolution is a linear map of each flattened
+    patch; on CPU the Conv3d path was the largest single cost of the tower (REFERENCES.md
+    section 6). Weights stay in the Conv3d parameter, so checkpoints are unchanged.
+    """
+    patch_embed.forward = types.MethodType(_linear_patch_embed, patch_embed)
+
+
 def read_stormvl_meta(path: str | Path) -> dict | None:
     """The ``stormvl.json`` beside a checkpoint's weights, or None for a plain HF model."""
     p = Path(path) / META_FILE
@@ -237,6 +255,7 @@ class Backbone:
         self.eos_ids = {self.im_end_id, ids("<|endoftext|>")}
         vc = model.config.vision_config
         self.patch, self.merge, self.temporal_patch = vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size
+        use_linear_patch_embed(model.model.visual.patch_embed)
 
     # ----- family hooks -------------------------------------------------------------------
     @staticmethod
