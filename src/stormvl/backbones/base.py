@@ -253,6 +253,9 @@ class Backbone:
             raise ValueError("tokenizer and model config disagree on the <|video_pad|> id")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids("<|endoftext|>")
         self.eos_ids = {self.im_end_id, ids("<|endoftext|>")}
+        # placeholders a reply must never contain (their LM-head rows start as copies)
+        self.never_generate = [self.latent_start_id, self.latent_id, self.latent_end_id,
+                               self.video_token_id, ids("<|image_pad|>"), ids("<|vision_pad|>")]
         vc = model.config.vision_config
         self.patch, self.merge, self.temporal_patch = vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size
         use_linear_patch_embed(model.model.visual.patch_embed)
