@@ -205,3 +205,32 @@ def test_deepstack_reaches_every_slice():
         finally:
             bb._lm_extra_kwargs = orig
     assert (full - without).abs().max() > 1e-4
+
+
+def test_checkpointed_slices_give_the_same_gradients():
+    bb = build_tiny("qwen3_vl", "tiny", seed=3)
+    batch = _batch(bb, 3)
+    plain = _grads(bb, forward_train, batch)
+    bb.checkpoint_slices = True
+    try:
+        ckpt = _grads(bb, forward_train, batch)
+    finally:
+        bb.checkpoint_slices = False
+    assert plain.keys() == ckpt.keys()
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], **TOL, msg=name)
+
+
+def test_transformers_gradient_checkpointing_is_refused():
+    """It would silently drop the KV cache between latent passes."""
+    bb = build_tiny("qwen2_5_vl", "tiny")
+    bb.model.activation_checkpointing_enable()
+    bb.model.train()
+    try:
+        with pytest.raises(ValueError, match="drops the KV cache"):
+            forward_train(bb, _batch(bb, 2))
+        out = forward_train(bb, _batch(bb, 0))  # K = 0 runs without a cache: allowed
+        out.loss.backward()
+    finally:
+        bb.model.activation_checkpointing_disable()
+        bb.model.eval()

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from transformers import DynamicCache
 
 LATENT_TOKENS = ("<|latent_start|>", "<|latent|>", "<|latent_end|>")
@@ -244,6 +245,8 @@ class Backbone:
         self.tokenizer = tokenizer
         self.video = video or VideoSettings()
         self.max_latents = max_latents
+        # activation checkpointing per language-model call (cache-safe; see _run_checkpointed)
+        self.checkpoint_slices = False
         self.latent_start_id, self.latent_id, self.latent_end_id = add_latent_tokens(model, tokenizer)
         ids = tokenizer.convert_tokens_to_ids
         self.im_start_id, self.im_end_id = ids("<|im_start|>"), ids("<|im_end|>")
@@ -445,35 +448,63 @@ class Backbone:
             parts.append((b.next_position[:, None] + extra[None, :]).unsqueeze(0).expand(3, -1, -1))
         return torch.cat(parts, dim=2)
 
-    def run(self, ctx: Context, cache: DynamicCache, start: int, embeds: torch.Tensor) -> torch.Tensor:
+    def run(self, ctx: Context, cache: DynamicCache | None, start: int, embeds: torch.Tensor) -> torch.Tensor:
         """One language-model call over columns [start, start + n) with the shared cache.
 
         Args:
             ctx: from ``prepare``.
-            cache: holds exactly the first ``start`` columns.
+            cache: holds exactly the first ``start`` columns; None = no cache (a single
+                pass from column 0, where transformers' own activation checkpointing works).
             start: first column of this slice.
             embeds: (B, n, D) input embeddings of the slice.
         Returns:
             (B, n, D) final post-norm hidden states.
         """
         n = embeds.shape[1]
-        seen = cache.get_seq_length()
+        seen = cache.get_seq_length() if cache is not None else 0
         if seen != start:
             raise ValueError(f"stale cache: it holds {seen} positions but the slice starts at {start}")
+        lm = self.language_model
+        training = lm.training and torch.is_grad_enabled()
+        if cache is not None and training and getattr(lm, "gradient_checkpointing", False):
+            # transformers' checkpointed layers drop past_key_values: every slice after the
+            # first would attend only to itself, with no error
+            raise ValueError("transformers gradient checkpointing drops the KV cache the latent chain "
+                             "needs; call model.activation_checkpointing_disable() and set "
+                             "backbone.checkpoint_slices = True instead")
         b = ctx.batch
         end = start + n
         mask = b.attention_mask[:, : min(end, b.length)]
         if end > b.length:
             mask = torch.cat([mask, mask.new_ones(b.size, end - b.length)], dim=1)
-        out = self.language_model(
-            inputs_embeds=embeds,
-            position_ids=self.positions(ctx, start, n),
-            attention_mask=mask,
-            past_key_values=cache,
-            use_cache=True,
-            **self._lm_extra_kwargs(ctx, start, n),
-        )
-        return out.last_hidden_state
+        kwargs = dict(position_ids=self.positions(ctx, start, n), attention_mask=mask,
+                      use_cache=cache is not None, **self._lm_extra_kwargs(ctx, start, n))
+        if cache is not None and training and self.checkpoint_slices:
+            return self._run_checkpointed(cache, embeds, kwargs)
+        return lm(inputs_embeds=embeds, past_key_values=cache, **kwargs).last_hidden_state
+
+    def _run_checkpointed(self, cache: DynamicCache, embeds: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """One slice under activation checkpointing, cache-safe.
+
+        The slice runs on a temporary cache rebuilt from the saved past keys / values, and
+        returns its new keys / values as outputs, so the backward replay cannot append to
+        the shared cache a second time.
+        """
+        n = embeds.shape[1]
+        past = [t for layer in cache.layers if layer.is_initialized for t in (layer.keys, layer.values)]
+
+        def fn(x, *flat):
+            tmp = self.new_cache()
+            for i in range(0, len(flat), 2):
+                tmp.update(flat[i], flat[i + 1], i // 2)
+            h = self.language_model(inputs_embeds=x, past_key_values=tmp, **kwargs).last_hidden_state
+            new = [t[:, :, -n:] for layer in tmp.layers for t in (layer.keys, layer.values)]
+            return (h, *new)
+
+        h, *new = torch.utils.checkpoint.checkpoint(fn, embeds, *past, use_reentrant=False)
+        for i in range(0, len(new), 2):
+            cache.update(new[i], new[i + 1], i // 2)
+        return h
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(hidden)

@@ -111,7 +111,8 @@ def forward_train(bb: Backbone, batch: Batch, projector: nn.Module | None = None
     """Training forward with the cached latent chain; gradients flow through every step."""
     _check_k(bb, batch)
     ctx = bb.prepare(batch)
-    hidden, latents, _ = rollout(bb, ctx, bb.new_cache(), projector)
+    # K = 0 needs no cache: one pass, where transformers' activation checkpointing applies
+    hidden, latents, _ = rollout(bb, ctx, bb.new_cache() if batch.k else None, projector)
     loss, logits, n = _loss(bb, batch, hidden)
     return TrainOutput(loss, logits, latents, hidden, n)
 
