@@ -3,10 +3,12 @@
     python benchmarks/rollout.py                       # small tiny-config model, CPU, 16 + 64 frames
     python benchmarks/rollout.py --size 7b --device cuda --dtype bf16 --frame-size 448
 
-Ratios (goal in brackets), batch 1, greedy, medians over repeats:
+Ratios (goal in brackets), batch 1, greedy. Each time is the MINIMUM over interleaved
+repeats: on a shared machine the minimum estimates the uncontended cost, medians drift
+with other jobs' load.
   1. one latent step / one decoded token                               [<= 1.1]
   2. (answer latency with K=8 - direct answer latency) / (8 x decode)  [<= 1.1]
-     (median of paired, interleaved differences)
+     where decode = (64-token CoT latency - direct latency) / 64, as generate() pays it
   3. naive recompute rollout / cached rollout, K=8 (prefix + steps)    [>= 3]
   4. answer latency with K=8 / answer latency after a 64-token CoT     [<= 0.3]
 An answer is 2 tokens (letter + <|im_end|>); stop tokens are ignored so lengths are fixed.
@@ -15,7 +17,6 @@ An answer is 2 tokens (letter + <|im_end|>); stop tokens are ignored so lengths 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -34,15 +35,21 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _median_time(fn, repeats: int, dev: torch.device) -> float:
-    times = []
+def _timed(fn, dev: torch.device) -> float:
+    _sync(dev)
+    t = time.perf_counter()
+    fn()
+    _sync(dev)
+    return time.perf_counter() - t
+
+
+def _min_times(fns: dict, repeats: int, dev: torch.device) -> dict:
+    """Minimum seconds of each function, calls interleaved so load drift hits all alike."""
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        _sync(dev)
-        t = time.perf_counter()
-        fn()
-        _sync(dev)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            times[name].append(_timed(fn, dev))
+    return {name: min(t) for name, t in times.items()}
 
 
 def _batch(bb, video, k: int):
@@ -74,7 +81,7 @@ def step_times(bb, batch, repeats: int, steps: int = 16) -> tuple[float, float]:
     for _ in range(repeats):  # interleaved so drifting machine load hits both alike
         lat.append(run(False))
         dec.append(run(True))
-    return statistics.median(lat), statistics.median(dec)
+    return min(lat), min(dec)
 
 
 @torch.no_grad()
@@ -84,27 +91,26 @@ def measure(bb, frames: int, frame_size: int, repeats: int) -> dict:
     dev = bb.device
     direct, latent = _batch(bb, video, 0), _batch(bb, video, K)
     t_latent, t_decode = step_times(bb, direct, repeats)
-    gen = lambda b, n: generate(bb, b, max_new_tokens=n)  # noqa: E731
-    for b, n in ((direct, ANSWER_TOKENS), (latent, ANSWER_TOKENS)):
-        gen(b, n)  # warm-up
-    # paired and interleaved: the rollout's cost is a small difference of two latencies
-    # that both contain the (noisier) vision tower and prefill
-    pairs = [(_median_time(lambda: gen(direct, ANSWER_TOKENS), 1, dev),
-              _median_time(lambda: gen(latent, ANSWER_TOKENS), 1, dev)) for _ in range(2 * repeats)]
-    lat_direct = statistics.median(d for d, _ in pairs)
-    lat_k = statistics.median(k for _, k in pairs)
-    extra = statistics.median(k - d for d, k in pairs)
-    lat_cot = _median_time(lambda: gen(direct, COT_TOKENS + ANSWER_TOKENS), max(3, repeats // 2), dev)
     ctx = bb.prepare(latent)
-    cached = _median_time(lambda: rollout(bb, ctx, bb.new_cache()), repeats, dev)
-    naive = _median_time(lambda: naive_rollout(bb, ctx), max(3, repeats // 2), dev)
+    t = _min_times({
+        "direct": lambda: generate(bb, direct, max_new_tokens=ANSWER_TOKENS),
+        "k8": lambda: generate(bb, latent, max_new_tokens=ANSWER_TOKENS),
+        "cached": lambda: rollout(bb, ctx, bb.new_cache()),
+    }, repeats, dev)
+    t.update(_min_times({
+        "cot": lambda: generate(bb, direct, max_new_tokens=COT_TOKENS + ANSWER_TOKENS),
+        "naive": lambda: naive_rollout(bb, ctx),
+    }, max(3, repeats // 2), dev))
+    lat_direct, lat_k, lat_cot, cached, naive = (t[n] for n in ("direct", "k8", "cot", "cached", "naive"))
+    dec_gen = (lat_cot - lat_direct) / COT_TOKENS  # one decode step as generate() pays it
     return {
         "frames": frames, "video_tokens": video.n_tokens, "prompt_len": direct.length,
         "t_latent_ms": 1e3 * t_latent, "t_decode_ms": 1e3 * t_decode,
         "direct_ms": 1e3 * lat_direct, "k8_ms": 1e3 * lat_k, "cot64_ms": 1e3 * lat_cot,
         "cached_ms": 1e3 * cached, "naive_ms": 1e3 * naive,
         "r1_latent_over_decode": t_latent / t_decode,
-        "r2_rollout_overhead": extra / (K * t_decode),
+        "decode_in_generate_ms": 1e3 * dec_gen,
+        "r2_rollout_overhead": (lat_k - lat_direct) / (K * dec_gen),
         "r3_naive_over_cached": naive / cached,
         "r4_k8_over_cot64": lat_k / lat_cot,
     }
@@ -118,8 +124,10 @@ def main() -> None:
     ap.add_argument("--frame-size", type=int, default=112, help="square frame side in pixels")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (0 = torch default); 1 keeps a shared machine's load "
+                         "from stalling multi-threaded kernels")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -133,14 +141,15 @@ def main() -> None:
     bb.eos_ids = set()  # fixed answer lengths on random weights
     print(f"{args.family} size={args.size} device={args.device} dtype={args.dtype} "
           f"threads={torch.get_num_threads()} frame={side}x{side} K={K} answer={ANSWER_TOKENS} tok "
-          f"cot={COT_TOKENS} tok, medians of {args.repeats}")
-    header = (f"{'frames':>6} {'vtok':>5} {'latent ms':>9} {'decode ms':>9} {'direct ms':>9} "
+          f"cot={COT_TOKENS} tok, min of {args.repeats} interleaved repeats")
+    header = (f"{'frames':>6} {'vtok':>5} {'latent ms':>9} {'decode ms':>9} {'dec(gen)':>8} {'direct ms':>9} "
               f"{'K=8 ms':>8} {'cot64 ms':>9} | {'r1 lat/dec':>10} {'r2 ovh':>7} {'r3 naive/cached':>15} "
               f"{'r4 K8/cot':>9}")
     print(header)
     for f in (int(x) for x in args.frames.split(",")):
         m = measure(bb, f, side, args.repeats)
         print(f"{m['frames']:>6} {m['video_tokens']:>5} {m['t_latent_ms']:>9.2f} {m['t_decode_ms']:>9.2f} "
+              f"{m['decode_in_generate_ms']:>8.2f} "
               f"{m['direct_ms']:>9.1f} {m['k8_ms']:>8.1f} {m['cot64_ms']:>9.1f} | "
               f"{m['r1_latent_over_decode']:>10.2f} {m['r2_rollout_overhead']:>7.2f} "
               f"{m['r3_naive_over_cached']:>15.2f} {m['r4_k8_over_cot64']:>9.2f}")

@@ -30,12 +30,12 @@ def _video(bb, n, h=56, w=56, seed=0):
 
 
 def _prompts(bb, k, target=True):
-    """Rows of different lengths: one video, a 2-video (oracle-style) row, a 3-frame clip."""
+    """Rows of different lengths: one video, a 2-video (oracle-style) row, a text-only row."""
     v1, v2, v3 = _video(bb, 4, seed=1), _video(bb, 2, 56, 84, seed=2), _video(bb, 3, seed=3)
     rows = [
         ([v1], "Which cup hides the ball?\nA. red\nB. blue", "A"),
         ([v3, v2], "Where does it exit?", "the ball goes left so C"),
-        ([v2], "Count the events in this rather long question text please", "B"),
+        ([], "Count the events in this rather long question text please", "B"),
     ]
     return [Prompt(v, t, k=k, target=a if target else None) for v, t, a in rows]
 
