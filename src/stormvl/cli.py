@@ -92,7 +92,11 @@ def score(
         cache = judge_cache or (out.with_suffix(".judge_cache.jsonl") if out else
                                 Path("stormvl_judge_cache.jsonl"))
         judge = Judge(JudgeConfig(judge_url, judge_model, judge_key_env, str(cache)))
-    result = scoring.score(benchmark, items, preds, breakdowns(benchmark), judge)
+    try:
+        result = scoring.score(benchmark, items, preds, breakdowns(benchmark), judge)
+    finally:
+        if judge is not None:
+            judge.close()
     result["settings"] = {"data": str(data), "predictions": str(predictions),
                           "subtitles": subtitles, "judge_model": judge_model if judge else None}
     print(scoring.render_table(result))
