@@ -66,9 +66,11 @@ def test_subtitles_follow_sampled_frames(vmme):
     clip = load_clip(a, num_frames=16)
     assert len(clip.timestamps) == 16
     text = a.render_prompt(clip.timestamps)
+    assert a.subtitles(clip.timestamps) == ["hello there", "second line", "plain line without tags"]
     assert "hello there\nsecond line\nplain line without tags\n" in text
     # a video without an .srt says so
     b = items[3]
+    assert b.subtitles([1.0]) == []
     assert b.render_prompt([1.0]).startswith(
         "This video's subtitles are listed below: \nNo subtitles available\n")
     with pytest.raises(ValueError):

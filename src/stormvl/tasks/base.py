@@ -51,6 +51,7 @@ class EvalItem:
     start: float | None = None  # seconds; the part of the video the question is about
     end: float | None = None
     frames_fps: float | None = None  # frame-folder media: the rate the frames were taken at
+    subtitles: Callable[[Sequence[float]], list[str]] | None = None  # timestamps -> lines
     subtitle_prompt: Callable[[Sequence[float]], str] | None = None  # timestamps -> prompt
     meta: dict[str, Any] = field(default_factory=dict)
 

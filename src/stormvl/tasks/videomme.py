@@ -71,6 +71,7 @@ def load(data: Path, prompt: PromptConfig | None = None, subtitles: bool = False
             srt = Path(data) / "subtitle" / f"{row['videoID']}.srt"
             sub_post = SUBTITLE_POST_PROMPT if prompt.post_prompt is None else prompt.post_prompt
             tail = f"{pre}{INSTRUCTION}\n{block}\n{sub_post}"
+            item.subtitles = partial(subtitle_lines, srt)
             item.subtitle_prompt = partial(_subtitle_prompt, srt, tail)
         items.append(item)
     return items
@@ -84,11 +85,13 @@ def _video_path(data: Path, video_id: str) -> Path:
     return base
 
 
+def subtitle_lines(srt: Path, timestamps: Sequence[float]) -> list[str]:
+    """The subtitle lines shown with frames at ``timestamps`` ([] without an .srt file)."""
+    return subtitles_at(parse_srt(srt), timestamps) if srt.is_file() else []
+
+
 def _subtitle_prompt(srt: Path, tail: str, timestamps: Sequence[float]) -> str:
-    if not srt.is_file():
-        text = NO_SUBTITLES
-    else:
-        text = "\n".join(subtitles_at(parse_srt(srt), timestamps))
+    text = "\n".join(subtitle_lines(srt, timestamps)) if srt.is_file() else NO_SUBTITLES
     return f"{SUBTITLE_HEADER}{text}\n{tail}"
 
 
