@@ -84,3 +84,12 @@ def test_missing_video_named(tmp_path):
     with pytest.raises(UserError, match=r"action_sequence\.json: row 0: media "
                                         r"'action_sequence_0\.mp4' not found"):
         load_benchmark("mvbench", root)
+
+
+def test_media_path_cannot_escape(tmp_path):
+    root = write_mvbench(tmp_path / "m", videos=False)
+    path = root / "json" / "moving_count.json"
+    path.write_text(json.dumps([{"video": "../../../../x.mp4", "question": "q",
+                                 "candidates": ["a", "b"], "answer": "a"}]))
+    with pytest.raises(UserError, match="escapes the media root"):
+        load_benchmark("mvbench", root, check_media=False)

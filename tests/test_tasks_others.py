@@ -193,3 +193,12 @@ def test_synth_bad_manifest(tmp_path):
     (root / "manifest.jsonl").write_text('{"id": "x"}\n')
     with pytest.raises(ManifestError, match=r"manifest\.jsonl:1: missing field 'video'"):
         load_benchmark("synth", root)
+
+
+def test_media_paths_cannot_escape_the_dataset_folder(tmp_path):
+    root = write_mmvu(tmp_path / "m", videos=False)
+    rows = json.loads((root / "validation.json").read_text())
+    rows[1]["video_path"] = "../../etc/passwd"
+    (root / "validation.json").write_text(json.dumps(rows))
+    with pytest.raises(UserError, match=r"row 1: media path '../../etc/passwd' escapes"):
+        load_benchmark("mmvu", root, check_media=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stormvl.data.manifest import resolve_media
 from stormvl.errors import UserError
 from stormvl.tasks.base import EvalItem, PromptConfig, read_json, require_fields, require_video
 
@@ -61,7 +62,7 @@ def load(data: Path, prompt: PromptConfig | None = None, check_media: bool = Tru
             raise UserError(f"{where}: field 'question_type' {qtype!r} is not "
                             f"'multiple-choice' or 'open-ended'")
         rel = _video_rel(row, where)
-        video = data / rel
+        video = resolve_media(data, rel, where)
         if check_media:
             require_video(video, f"{where} (id {row['id']!r})")
         subject = Path(rel).parent.name

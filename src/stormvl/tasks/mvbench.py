@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stormvl.data.manifest import LETTERS
+from stormvl.data.manifest import LETTERS, resolve_media
 from stormvl.errors import UserError
 from stormvl.tasks.base import EvalItem, PromptConfig, read_json, require_fields
 
@@ -102,7 +102,8 @@ def build_prompt(question: str, candidates: list[str], prompt: PromptConfig) -> 
 
 
 def _media_path(data: Path, folder: str, name: str, where: str, check: bool) -> Path:
-    tried = [data / "video" / folder / name, data / "video" / "data0613" / folder / name]
+    tried = [resolve_media(data, f"video/{sub}{folder}/{name}", where)
+             for sub in ("", "data0613/")]
     for p in tried:
         if p.exists():
             return p

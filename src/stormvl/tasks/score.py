@@ -137,7 +137,8 @@ def _mvbench(item: EvalItem, reply: str):
 
 
 def _tc_mc(item: EvalItem, reply: str):
-    return extract.tempcompass_multi_choice(reply, item.answer), reply.strip()[:1]
+    decided = extract.tempcompass_multi_choice(reply, item.answer)
+    return decided, reply[:1] if decided is not None else ""
 
 
 def _tc_yes_no(item: EvalItem, reply: str):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from stormvl.data.manifest import resolve_media
 from stormvl.tasks.base import (
     EvalItem,
     PromptConfig,
@@ -52,7 +53,7 @@ def load(data: Path, prompt: PromptConfig | None = None, check_media: bool = Tru
         for i, row in enumerate(rows):
             loc = f"{where}: row {i}"
             require_fields(row, fields, loc)
-            video = data / "videos" / f"{row['video_id']}.mp4"
+            video = resolve_media(data, f"videos/{row['video_id']}.mp4", loc)
             if check_media:
                 require_video(video, f"{loc} (video_id {row['video_id']!r})")
             question = str(row["question"])

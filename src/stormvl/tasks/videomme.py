@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
+from stormvl.data.manifest import resolve_media
 from stormvl.errors import UserError
 from stormvl.tasks.base import (
     EvalItem,
@@ -51,7 +52,7 @@ def load(data: Path, prompt: PromptConfig | None = None, subtitles: bool = False
         loc = f"{where}: row {n}"
         require_fields(row, _FIELDS, loc)
         options = [str(o) for o in row["options"]]
-        video = _video_path(Path(data), str(row["videoID"]))
+        video = _video_path(Path(data), str(row["videoID"]), loc)
         if check_media:
             require_video(video, f"{loc} (videoID {row['videoID']!r})")
         block = f"{row['question']}\n" + "\n".join(options)
@@ -68,7 +69,7 @@ def load(data: Path, prompt: PromptConfig | None = None, subtitles: bool = False
             categories={k: str(row[k]) for k in BREAKDOWNS},
         )
         if subtitles:
-            srt = Path(data) / "subtitle" / f"{row['videoID']}.srt"
+            srt = resolve_media(data, f"subtitle/{row['videoID']}.srt", loc)
             sub_post = SUBTITLE_POST_PROMPT if prompt.post_prompt is None else prompt.post_prompt
             tail = f"{pre}{INSTRUCTION}\n{block}\n{sub_post}"
             item.subtitles = partial(subtitle_lines, srt)
@@ -77,8 +78,8 @@ def load(data: Path, prompt: PromptConfig | None = None, subtitles: bool = False
     return items
 
 
-def _video_path(data: Path, video_id: str) -> Path:
-    base = data / "data" / f"{video_id}.mp4"
+def _video_path(data: Path, video_id: str, where: str) -> Path:
+    base = resolve_media(data, f"data/{video_id}.mp4", where)
     for cand in (base, base.with_suffix(".MP4"), base.with_suffix(".mkv")):
         if cand.exists():
             return cand
