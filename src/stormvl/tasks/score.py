@@ -249,11 +249,14 @@ def _breakdown(rows: list[dict], key: str) -> dict[str, dict]:
 # Rendering
 
 
+def _fmt(acc: float | None) -> str:
+    return "  n/a" if acc is None else f"{acc:5.1f}"
+
+
 def render_table(result: dict) -> str:
     """A plain-text report: overall, the accounting counts, then each breakdown."""
-    fmt = lambda a: "  n/a" if a is None else f"{a:5.1f}"  # noqa: E731
     lines = [
-        f"{result['benchmark']}: overall {fmt(result['overall'])}  "
+        f"{result['benchmark']}: overall {_fmt(result['overall'])}  "
         f"({result['n_correct']}/{result['n_scored']} scored, {result['n_items']} items)",
         f"missing {result['missing']} (counted wrong)  unmatched {result['unmatched']}  "
         f"judged {result['judged']}  unknown ids {result['unknown']}  "
@@ -269,7 +272,7 @@ def render_table(result: dict) -> str:
         lines.append("")
         lines.append(f"{key:<{width}}  {'acc':>5}  {'n':>5}")
         for g, s in groups.items():
-            lines.append(f"{g:<{width}}  {fmt(s['accuracy'])}  {s['n']:>5}")
+            lines.append(f"{g:<{width}}  {_fmt(s['accuracy'])}  {s['n']:>5}")
     return "\n".join(lines)
 
 
