@@ -119,9 +119,12 @@ class TrainerState:
         return dict(self.__dict__)
 
 
-def write_trainer_state(path: Path, state: TrainerState, optimizer, scheduler) -> None:
+def write_trainer_state(path: Path, state: TrainerState, optimizer, scheduler, extra: dict | None = None) -> None:
+    """``extra`` holds plain data only (str / int / float / dict / list), so it stays
+    loadable with ``weights_only=True``."""
     torch.save(
-        {"trainer": state.to_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+        {"trainer": state.to_dict(), "optimizer": optimizer.state_dict(),
+         "scheduler": scheduler.state_dict(), **(extra or {})},
         path / TRAINER_STATE,
     )
 
