@@ -190,7 +190,17 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
         raise UserError(f"--resume: no finished checkpoint under {out / 'checkpoints'}")
     if not resume and ckpt.list_checkpoints(out):
         raise UserError(f"{out} already holds checkpoints; pass --resume or choose another out_dir")
-    acc = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    if last is not None:
+        _check_resume(cfg, last)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # Under torchrun on a machine without CUDA, accelerate only goes multi-process on CPU
+    # (gloo) when asked to use the CPU; without this it would run N unaware copies.
+    # a projector idle during the frozen_copy warm-up is the only parameter DDP may not see
+    unused = cfg.method.uses_align and cfg.targets.encoder == "frozen_copy"
+    acc = Accelerator(cpu=world > 1 and not torch.cuda.is_available(),
+                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)])
+    if acc.num_processes != world:
+        raise UserError(f"WORLD_SIZE={world} but accelerate sees {acc.num_processes} process(es)")
     set_seed(cfg.seed)
     built = build_model(cfg, last)
     bb = built.backbone
@@ -228,6 +238,17 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
     dataset = VideoQADataset(samples, root, cfg.video, geo, make_prepare(bb, cfg), parts, cache,
                              cfg.method.oracle_frames if cfg.method.name == "oracle" else 0)
     return Run(cfg, acc, built, module, optimizer, scheduler, state, samples, root, dataset, parts)
+
+
+def _check_resume(cfg: TrainConfig, path: Path) -> None:
+    """Resuming may extend a run (max_steps, logging) but not change what is trained."""
+    meta = ckpt.read_meta(path)
+    now = run_meta(cfg, 0)
+    for key, name in (("method", "method.name"), ("stage", "method.stage"), ("k", "method.k"),
+                      ("base", "model.backbone"), ("lora", "model.lora.enabled")):
+        if meta.get(key) != now[key]:
+            raise UserError(f"--resume from {path}: it was trained with {name}={meta.get(key)!r}, "
+                            f"this config has {now[key]!r}")
 
 
 def _restore(path: Path, acc, module: TrainModule, optimizer, scheduler, parts: dict):
