@@ -20,7 +20,7 @@ from stormvl.training.data import (
     make_collate,
 )
 from stormvl.training.importers import import_llamafactory, import_video_r1, split_options
-from stormvl.training.video_settings import VisualGeometry, plan_video, smart_resize, video_tokens
+from stormvl.training.video_settings import backbone_counter, plan_video, with_max_pixels
 
 
 def _video(path, n=8, h=32, w=32, seed=0):
@@ -105,27 +105,45 @@ def test_split_options_requires_consecutive_letters():
 # --- video budget ----------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def backbone(request):
+    from stormvl.backbones.tiny import build_tiny
+
+    return build_tiny(family=request.param, size="tiny", seed=0)
+
+
 @pytest.mark.parametrize("h,w,frames,budget", [(480, 640, 32, 256), (1080, 1920, 16, 1000),
                                                (64, 64, 7, 3), (360, 200, 64, 40)])
-def test_plan_never_exceeds_budget_and_keeps_whole_spans(h, w, frames, budget):
-    geo = VisualGeometry()
-    vc = VideoConfig(num_frames=frames, min_pixels=28 * 28, max_pixels=448 * 448, max_visual_tokens=budget)
-    plan = plan_video(h, w, frames, vc, geo)
-    assert plan.tokens <= budget
-    assert plan.num_frames % geo.temporal_patch == 0 and plan.num_frames >= geo.temporal_patch
-    assert plan.height % geo.factor == 0 and plan.width % geo.factor == 0
-    assert plan.tokens == video_tokens(plan.num_frames, plan.height, plan.width, geo)
-    # nothing is cut: the adapter, resizing with the same rule, makes exactly plan.tokens
-    assert smart_resize(h, w, geo.factor, vc.min_pixels, plan.max_pixels) == (plan.height, plan.width)
+def test_plan_never_exceeds_budget_and_keeps_whole_spans(backbone, h, w, frames, budget):
+    tp = backbone.temporal_patch
+    vc = VideoConfig(num_frames=frames, min_pixels=backbone.video.min_pixels,
+                     max_pixels=backbone.video.max_pixels * 16, max_visual_tokens=budget)
+    try:
+        plan = plan_video(h, w, frames, vc, backbone_counter(backbone), tp)
+    except UserError as exc:  # only when one group at min_pixels is over budget
+        assert "below one frame group" in str(exc)
+        return
+    assert plan.tokens <= budget and plan.num_frames % tp == 0 and plan.num_frames >= tp
+    # nothing is cut: the backbone's own preprocessing at the planned bound makes exactly
+    # plan.tokens placeholders, all of them inside the budget
+    frames_in = np.zeros((plan.num_frames, h, w, 3), np.uint8)
+    vi = with_max_pixels(backbone, plan.max_pixels).preprocess_video(frames_in, np.arange(plan.num_frames) / 4)
+    assert vi.n_tokens == plan.tokens
 
 
-def test_plan_prefers_resolution_then_frames_and_refuses_impossible():
-    vc = VideoConfig(num_frames=16, max_pixels=224 * 224, max_visual_tokens=10_000)
-    assert plan_video(224, 224, 16, vc).tokens == 8 * 64  # fits untouched
-    small = plan_video(224, 224, 16, VideoConfig(num_frames=16, max_visual_tokens=64))
-    assert small.num_frames == 16 and small.tokens <= 64  # resolution dropped, frames kept
+def test_plan_prefers_resolution_then_frames_and_refuses_impossible(backbone):
+    count, tp = backbone_counter(backbone), backbone.temporal_patch
+    lo, hi = backbone.video.min_pixels, backbone.video.max_pixels * 16
+    vc = VideoConfig(num_frames=16, min_pixels=lo, max_pixels=hi, max_visual_tokens=100_000)
+    full = plan_video(224, 224, 16, vc, count, tp)
+    assert full.max_pixels == hi and full.num_frames == 16
+    at_min = count(16, 224, 224, lo)
+    squeezed = plan_video(224, 224, 16, vc, count, tp, budget=at_min)
+    assert squeezed.num_frames == 16 and squeezed.tokens <= at_min  # resolution went first
+    fewer = plan_video(224, 224, 16, vc, count, tp, budget=max(1, at_min // 2))
+    assert fewer.num_frames < 16 and fewer.tokens <= max(1, at_min // 2)
     with pytest.raises(UserError, match="max_visual_tokens=0"):
-        plan_video(224, 224, 16, vc, budget=0)
+        plan_video(224, 224, 16, vc, count, tp, budget=0)
 
 
 # --- sampler ---------------------------------------------------------------------------------
@@ -178,7 +196,7 @@ def test_dataset_skips_bad_media_with_reason(tmp_path):
     write_manifest(tmp_path / "m.jsonl", rows)
     samples, root, _ = load_samples(DataConfig(train=str(tmp_path / "m.jsonl"), split=None))
     vc = VideoConfig(num_frames=4, max_visual_tokens=16, min_pixels=28 * 28, max_pixels=56 * 56)
-    ds = VideoQADataset(samples, root, vc, VisualGeometry())
+    ds = VideoQADataset(samples, root, vc, lambda t, h, w, px: (t // 2) * 2, 2)
     col = make_collate(None)([ds[i] for i in range(4)])
     assert col.ids == ["a"] and col.requested == 4
     reasons = {s.file: s.reason for s in col.skipped}

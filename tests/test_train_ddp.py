@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import yaml
-from train_fixtures import make_suite, tiny_config
 
 from stormvl.config import to_dict
 from stormvl.training.loop import train
+from train_fixtures import make_suite, tiny_config
 
 
 def _free_port() -> int:

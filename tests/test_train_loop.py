@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_fixtures import make_suite, tiny_config
 
 from stormvl.cli import main
 from stormvl.errors import UserError
 from stormvl.training.checkpoint import list_checkpoints, read_meta, read_trainer_state
 from stormvl.training.loop import TrainingDiverged, train
+from train_fixtures import make_suite, tiny_config
 
 
 def _losses(out: Path, key: str = "loss") -> list[float]:

@@ -31,8 +31,8 @@ from stormvl.training.config import DataConfig, VideoConfig
 from stormvl.training.importers import import_llamafactory, import_video_r1
 from stormvl.training.targets import TargetCache
 from stormvl.training.video_settings import (
+    TokenCounter,
     VideoPlan,
-    VisualGeometry,
     plan_video,
     split_budget,
     wanted_frames,
@@ -107,7 +107,8 @@ class VideoQADataset(Dataset):
         samples: the training samples.
         media_root: media paths resolve under it (escaping it is an error).
         video: frame count / fps / pixel / budget settings.
-        geometry: the backbone's patch geometry (token counting).
+        count: the backbone's token counter (``video_settings.backbone_counter``).
+        temporal_patch: frames per temporal group of the backbone's tower.
         prepare: ``Loaded -> features`` (tokenisation, pixel preprocessing); runs in workers.
         target_parts: sample id -> cache parts of its targets (storm stage 1).
         cache: where targets live.
@@ -119,13 +120,15 @@ class VideoQADataset(Dataset):
         samples: list[Sample],
         media_root: str | Path,
         video: VideoConfig,
-        geometry: VisualGeometry,
+        count: TokenCounter,
+        temporal_patch: int,
         prepare: Callable[[Loaded], Any] | None = None,
         target_parts: dict[str, dict[str, str]] | None = None,
         cache: TargetCache | None = None,
         oracle_frames: int = 0,
     ):
-        self.samples, self.root, self.video, self.geo = samples, Path(media_root), video, geometry
+        self.samples, self.root, self.video = samples, Path(media_root), video
+        self.count, self.temporal_patch = count, temporal_patch
         self.prepare, self.target_parts, self.cache = prepare, target_parts or {}, cache
         self.oracle_frames = oracle_frames
 
@@ -150,7 +153,7 @@ class VideoQADataset(Dataset):
         shares = split_budget(v.max_visual_tokens, [w for _, _, w in videos])
         clips = []
         for (p, inf, w), share in zip(videos, shares, strict=True):
-            plan = plan_video(inf.height, inf.width, w, v, self.geo, share)
+            plan = plan_video(inf.height, inf.width, w, v, self.count, self.temporal_patch, share)
             clip = read_clip(p, num_frames=plan.num_frames, start=s.start if p == path else None,
                              end=s.end if p == path else None, timeout_s=v.timeout_s)
             clips.append((clip, plan))

@@ -20,14 +20,13 @@ oracle     video + thought video + question -> answer        answer CE
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,7 +49,7 @@ from stormvl.training.data import (
 from stormvl.training.logging import MetricsLog
 from stormvl.training.losses import Projector, align_loss, cosine_agreement
 from stormvl.training.targets import TargetCache, build_encoder, build_targets
-from stormvl.training.video_settings import VisualGeometry
+from stormvl.training.video_settings import backbone_counter, with_max_pixels
 
 
 class TrainingDiverged(UserError):
@@ -86,11 +85,8 @@ def make_prepare(bb, cfg: TrainConfig) -> Callable[[Loaded], object]:
 
 
 def _preprocess(bb, frames, timestamps, plan):
-    """The adapter's own preprocessing at the planned resolution (budget fitted upstream)."""
-    if plan.max_pixels < (bb.video.max_pixels or plan.max_pixels + 1):
-        bb = copy.copy(bb)  # shallow: same model/tokenizer, its own resolution bound
-        bb.video = replace(bb.video, max_pixels=plan.max_pixels)
-    return bb.preprocess_video(frames, timestamps)
+    """The adapter's own preprocessing at the planned pixel bound (budget fitted upstream)."""
+    return with_max_pixels(bb, plan.max_pixels).preprocess_video(frames, timestamps)
 
 
 # --- the module DDP wraps ------------------------------------------------------------------
@@ -233,9 +229,9 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
     if last is not None:
         state, parts = _restore(last, acc, module, optimizer, scheduler, parts)
     module, optimizer = acc.prepare(module, optimizer)
-    geo = VisualGeometry.from_model_config(bb.model.config)
     cache = TargetCache(Path(cfg.targets.cache_dir or out / "target_cache"))
-    dataset = VideoQADataset(samples, root, cfg.video, geo, make_prepare(bb, cfg), parts, cache,
+    dataset = VideoQADataset(samples, root, cfg.video, backbone_counter(bb), bb.temporal_patch,
+                             make_prepare(bb, cfg), parts, cache,
                              cfg.method.oracle_frames if cfg.method.name == "oracle" else 0)
     return Run(cfg, acc, built, module, optimizer, scheduler, state, samples, root, dataset, parts)
 

@@ -1,76 +1,55 @@
 """Fit frames and resolution to a visual-token budget, without ever cutting a visual span.
 
-Qwen-style video towers turn ``temporal_patch`` frames of ``factor x factor`` pixels
-(``factor = patch * merge``) into one language token. A sample's visual cost is therefore
-``ceil(T / temporal_patch) * (H / factor) * (W / factor)`` tokens. Other trainers cap the
-*sequence* and truncate, which can cut a video's placeholder span in half and crash the
-placeholder/feature merge. Here the budget is met *before* tokenisation by lowering the
-resolution first (down to ``min_pixels``) and then the frame count, so every video's span is
-whole and the total never exceeds ``max_visual_tokens``.
+Other trainers cap the *sequence* and truncate, which can cut a video's placeholder span in
+half and crash the placeholder/feature merge. Here the budget is met *before* tokenisation:
+the pixel bound goes down first (to ``min_pixels``), then the frame count in whole temporal
+groups, so every video's span is whole and the sample's visual tokens never exceed
+``video.max_visual_tokens``.
+
+Token counting is the backbone's own (``Backbone.video_token_count`` under a given pixel
+bound), so the plan is exact for every family: Qwen2.5-VL bounds pixels per frame, Qwen3-VL
+per clip.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from stormvl.errors import UserError
 from stormvl.training.config import VideoConfig
 
-
-@dataclass(frozen=True)
-class VisualGeometry:
-    """Patch geometry of a backbone's vision tower (Qwen2.5-VL / Qwen3-VL defaults)."""
-
-    patch: int = 14
-    merge: int = 2
-    temporal_patch: int = 2
-
-    @property
-    def factor(self) -> int:
-        return self.patch * self.merge
-
-    @classmethod
-    def from_model_config(cls, config) -> VisualGeometry:
-        """Read the geometry from an HF Qwen-VL config (never typed by hand)."""
-        v = config.vision_config
-        return cls(v.patch_size, v.spatial_merge_size, v.temporal_patch_size)
+# (num_frames, height, width, max_pixels) -> visual tokens of that clip
+TokenCounter = Callable[[int, int, int, int], int]
 
 
 @dataclass(frozen=True)
 class VideoPlan:
-    """What to sample and how large: the adapter resizes to (height, width) exactly."""
+    """What to decode and the pixel bound to preprocess it with."""
 
-    num_frames: int  # frames to decode (a multiple of temporal_patch)
-    height: int
-    width: int
-    max_pixels: int  # per-frame pixel cap to hand to the adapter's preprocessing
+    num_frames: int  # frames to decode (whole temporal groups)
+    max_pixels: int  # pixel bound handed to the backbone's preprocessing
     tokens: int  # visual tokens this video will occupy
 
 
-def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """Qwen's resize rule: sides multiple of ``factor``, area within [min, max], aspect kept."""
-    if height < 1 or width < 1:
-        raise UserError(f"video frame size {height}x{width} is empty")
-    if max(height, width) / min(height, width) > 200:
-        raise UserError(f"video aspect ratio {width}x{height} is more extreme than 200:1")
-    h = max(factor, round(height / factor) * factor)
-    w = max(factor, round(width / factor) * factor)
-    if h * w > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        h = max(factor, math.floor(height / beta / factor) * factor)
-        w = max(factor, math.floor(width / beta / factor) * factor)
-    elif h * w < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h = math.ceil(height * beta / factor) * factor
-        w = math.ceil(width * beta / factor) * factor
-    return h, w
+def with_max_pixels(bb, max_pixels: int):
+    """A shallow copy of a backbone whose preprocessing uses another upper pixel bound (same
+    model and tokenizer; the original is untouched, so data workers can plan per sample)."""
+    if bb.video.max_pixels == max_pixels:
+        return bb
+    out = copy.copy(bb)
+    out.video = replace(bb.video, max_pixels=max_pixels)
+    return out
 
 
-def video_tokens(num_frames: int, height: int, width: int, geo: VisualGeometry) -> int:
-    """Language tokens of one video span after patching and merging."""
-    groups = math.ceil(num_frames / geo.temporal_patch)
-    return groups * (height // geo.factor) * (width // geo.factor)
+def backbone_counter(bb) -> TokenCounter:
+    """The backbone's exact token count under a chosen pixel bound."""
+
+    def count(frames: int, height: int, width: int, max_pixels: int) -> int:
+        return with_max_pixels(bb, max_pixels).video_token_count(frames, height, width)
+
+    return count
 
 
 def wanted_frames(settings: VideoConfig, num_total: int, fps: float) -> int:
@@ -86,44 +65,44 @@ def plan_video(
     width: int,
     frames: int,
     settings: VideoConfig,
-    geo: VisualGeometry = VisualGeometry(),
+    count: TokenCounter,
+    temporal_patch: int,
     budget: int | None = None,
 ) -> VideoPlan:
-    """Choose frame count and resolution for one video within ``budget`` visual tokens.
-
-    Resolution goes down first (to ``settings.min_pixels``), then frames (in whole temporal
-    groups). The result always satisfies ``tokens <= budget``.
+    """Choose frame count and pixel bound for one video within ``budget`` visual tokens.
 
     Args:
         height, width: source frame size.
-        frames: frames wanted (``wanted_frames``).
+        frames: frames wanted (``wanted_frames``); rounded up to whole temporal groups.
+        count: the backbone's token counter.
         budget: visual tokens allowed (default ``settings.max_visual_tokens``).
+
+    Returns:
+        a plan with ``tokens <= budget``; the largest pixel bound that fits at the wanted
+        frame count, else the fewest dropped temporal groups at ``min_pixels``.
 
     Raises:
         UserError: not even one temporal group at ``min_pixels`` fits the budget.
     """
     budget = settings.max_visual_tokens if budget is None else budget
-    tp, f2 = geo.temporal_patch, geo.factor**2
-    frames = max(tp, math.ceil(frames / tp) * tp)  # whole temporal groups
-    min_h, min_w = smart_resize(height, width, geo.factor, settings.min_pixels, settings.min_pixels)
-    per_group_min = (min_h // geo.factor) * (min_w // geo.factor)
-    if per_group_min > budget:
+    lo, hi = settings.min_pixels, settings.max_pixels
+    frames = max(temporal_patch, -(-frames // temporal_patch) * temporal_patch)
+    if count(frames, height, width, hi) <= budget:
+        return VideoPlan(frames, hi, count(frames, height, width, hi))
+    if count(frames, height, width, lo) <= budget:
+        while hi - lo > 1:  # largest bound that fits; tokens grow with the bound
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if count(frames, height, width, mid) <= budget else (lo, mid)
+        return VideoPlan(frames, lo, count(frames, height, width, lo))
+    while frames > temporal_patch and count(frames, height, width, lo) > budget:
+        frames -= temporal_patch
+    tokens = count(frames, height, width, lo)
+    if tokens > budget:
         raise UserError(
             f"video.max_visual_tokens={budget} is below one frame group at video.min_pixels "
-            f"({per_group_min} tokens); raise the budget or lower min_pixels"
+            f"({tokens} tokens); raise the budget or lower min_pixels"
         )
-    groups = min(frames // tp, budget // per_group_min)
-    cap = min(settings.max_pixels, (budget // groups) * f2)
-    while True:  # rounding in smart_resize can overshoot the cap by one factor step
-        h, w = smart_resize(height, width, geo.factor, min(settings.min_pixels, cap), cap)
-        tokens = video_tokens(groups * tp, h, w, geo)
-        if tokens <= budget or cap <= settings.min_pixels:
-            break
-        cap -= f2
-    if tokens > budget:  # at min resolution still too many groups: drop whole groups
-        groups = budget // ((h // geo.factor) * (w // geo.factor))
-        tokens = video_tokens(groups * tp, h, w, geo)
-    return VideoPlan(groups * tp, h, w, cap, tokens)
+    return VideoPlan(frames, lo, tokens)
 
 
 def split_budget(total: int, frames: list[int]) -> list[int]:
