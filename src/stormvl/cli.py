@@ -49,16 +49,31 @@ def thoughts() -> None:
     _not_ready("thoughts", 7)
 
 
-@app.command()
-def train() -> None:
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    config: str = typer.Argument(..., help="YAML run config (see configs/ and docs/training.md)"),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. optim.lr=1e-4"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint"),
+) -> None:
     """Train a method (direct, textcot, latent, storm stage 1/2, oracle) from a YAML config."""
-    _not_ready("train", 4)
+    from stormvl.config import load_config
+    from stormvl.training.config import TrainConfig
+    from stormvl.training.loop import train as run_training
+
+    cfg = load_config(TrainConfig, config, overrides or [])
+    final = run_training(cfg, resume=resume)
+    print(f"done: {final}")
 
 
 @app.command()
-def export() -> None:
+def export(
+    checkpoint: str = typer.Argument(..., help="a LoRA training checkpoint folder"),
+    out: str = typer.Argument(..., help="where to write the merged Hugging Face checkpoint"),
+) -> None:
     """Merge LoRA adapters into a full Hugging Face checkpoint."""
-    _not_ready("export", 4)
+    from stormvl.training.build import export_merged
+
+    print(f"exported: {export_merged(checkpoint, out)}")
 
 
 @app.command()
