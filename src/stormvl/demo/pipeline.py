@@ -134,15 +134,14 @@ def train_method(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
 def evaluate_checkpoint(ckpt_dir: Path, data_dir: Path, out: Path, batch: int) -> dict:
     """Evaluate one checkpoint on one split of the suite (skipped when already scored)."""
     from stormvl import evaluate
-    from stormvl.tasks import breakdowns, load_benchmark
+    from stormvl.tasks import load_benchmark
 
     done = out / "results.json"
     if done.exists():
         return json.loads(done.read_text())
-    model = evaluate.load_model(ckpt_dir)
+    runner = evaluate.Runner(evaluate.load_model(ckpt_dir), evaluate.EvalSettings(batch_size=batch))
     items = load_benchmark("synth", data_dir)
-    settings = evaluate.EvalSettings(batch_size=batch)
-    return evaluate.run_eval(model, "synth", items, out, settings, breakdowns("synth"))
+    return evaluate.run_eval(runner, "synth", items, out, data=data_dir, progress=False)
 
 
 # --- the whole demo ----------------------------------------------------------------------

@@ -70,7 +70,7 @@ def alignment_report(ckpts, samples, root: Path, final_latents: torch.Tensor, pr
                      figure: Path | None = None, n_curve: int = 32) -> dict:
     """Cosine per step through both stages, retrieval and (optionally) the picture."""
     from stormvl import evaluate
-    from stormvl.diagnostics.run import _encode_items, collect
+    from stormvl.diagnostics.run import collect, prepare_items
     from stormvl.tasks import load_benchmark
 
     stage1_ckpts = [p for _, p in ckpts if p.parent.parent.name == "stage1"]
@@ -91,8 +91,8 @@ def alignment_report(ckpts, samples, root: Path, final_latents: torch.Tensor, pr
     for step, path in ckpts:
         m = evaluate.load_model(path)
         proj = _projector(path, cfg1, m.backbone.hidden_size) or proj1
-        enc = _encode_items(m, items, k, {"num_frames": preset.frames})
-        lat = collect(m, items, enc, preset.eval_batch).latents
+        runner = evaluate.Runner(m, evaluate.EvalSettings(batch_size=preset.eval_batch))
+        lat = collect(runner, items, prepare_items(runner, items), preset.eval_batch).latents
         stage = 1 if path.parent.parent.name == "stage1" else 2
         out["curve"].append({"step": step, "stage": stage,
                              "cos_per_step": _cos_per_step(_project(proj, lat), targets[: len(items)])})

@@ -25,19 +25,16 @@ from stormvl.diagnostics import metrics
 class Intervention(nn.Module):
     """Feed-back map that rewrites the state entering latent slot k (k = call index).
 
-    The engine calls the feed-back map once per latent slot, in slot order, for each
-    rollout; ``reset`` must be called before each rollout.
+    The engine calls the feed-back map once per latent slot, in slot order; a fresh
+    Intervention is made for every batch. (Checkpoints trained here use no feed-back
+    projector, so nothing is replaced by this hook.)
     """
 
-    def __init__(self, fn: Callable[[int, torch.Tensor], torch.Tensor], inner: nn.Module | None = None):
+    def __init__(self, fn: Callable[[int, torch.Tensor], torch.Tensor]):
         super().__init__()
-        self.fn, self.inner, self.step = fn, inner, 0
-
-    def reset(self) -> None:
-        self.step = 0
+        self.fn, self.step = fn, 0
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, 1, D)
-        h = h if self.inner is None else self.inner(h)
         out = self.fn(self.step, h)
         self.step += 1
         return out
@@ -50,37 +47,22 @@ class Collected:
     latents: torch.Tensor  # (N, K, D)
 
 
-def _encode_items(model, items, k: int, sampling: dict):
-    """Prompts (no target) for each item, with its decoded clip's frame count."""
-    from stormvl.backbones import Prompt
-    from stormvl.tasks.base import load_clip
-
-    bb = model.backbone
-    out = []
-    for it in items:
-        clip = load_clip(it, sampling.get("num_frames"), sampling.get("sample_fps"),
-                         sampling.get("max_frames"))
-        vi = bb.preprocess_video(clip.frames, clip.timestamps)
-        out.append(bb.encode(Prompt(videos=[vi], text=it.render_prompt(clip.timestamps), k=k)))
-    return out
+def prepare_items(runner, items) -> list:
+    """Decode and tokenise every item once (reused by all interventions)."""
+    return [runner.prepare(it) for it in items]
 
 
-def collect(model, items, encoded, batch_size: int,
+def collect(runner, items, prepared, batch_size: int,
             fn: Callable[[list[int], int, torch.Tensor], torch.Tensor] | None = None) -> Collected:
     """Generate answers for all items; ``fn(rows, k, h)`` may rewrite the state fed to slot k."""
-    from stormvl.latent import generate
     from stormvl.tasks.score import verdict
 
-    bb = model.backbone
     answers, correct, lats = [], [], []
     for start in range(0, len(items), batch_size):
         rows = list(range(start, min(len(items), start + batch_size)))
-        batch = bb.collate([encoded[i] for i in rows]).to(bb.device)
-        hook = None
-        if fn is not None:
-            hook = Intervention(lambda k, h, rows=rows: fn(rows, k, h), model.projector)
+        hook = None if fn is None else Intervention(lambda k, h, rows=rows: fn(rows, k, h))
         with torch.no_grad():
-            res = generate(bb, batch, max_new_tokens=8, projector=hook or model.projector)
+            res = runner.run([prepared[i] for i in rows], projector=hook)
         lats.append(res.latents.float().cpu())
         for i, text in zip(rows, res.texts, strict=True):
             v = verdict(items[i], text)
@@ -93,7 +75,7 @@ def _accuracy(c: Collected) -> float:
     return float(np.mean(c.correct) * 100) if c.correct else float("nan")
 
 
-def interventions(model, items, encoded, base: Collected, batch_size: int, seed: int = 0) -> dict:
+def interventions(runner, items, prepared, base: Collected, batch_size: int, seed: int = 0) -> dict:
     """Swap / zero / noise the latents; answer-change rates and accuracy drops."""
     lat = base.latents  # (N, K, D), the unperturbed states
     perm = metrics.derangement(len(items), [it.answer for it in items], seed)
@@ -111,7 +93,7 @@ def interventions(model, items, encoded, base: Collected, batch_size: int, seed:
 
     out, runs = {}, {}
     for name, fn in (("swap", swap), ("zero", zero), ("noise", noise)):
-        runs[name] = c = collect(model, items, encoded, batch_size, fn)
+        runs[name] = c = collect(runner, items, prepared, batch_size, fn)
         out[name] = {
             "answer_change": metrics.answer_change(base.answers, c.answers),
             "accuracy": _accuracy(c),
@@ -155,19 +137,19 @@ def diagnose(ckpts, test_dir: Path, out_json: Path, preset, stage1: Path | None 
     if out_json.exists():
         return json.loads(out_json.read_text())
     model = evaluate.load_model(ckpts[-1][1])
+    runner = evaluate.Runner(model, evaluate.EvalSettings(batch_size=preset.eval_batch))
     items = load_benchmark("synth", test_dir)[: preset.diag_n]
     by_id = {s.id: s for s in read_manifest(test_dir / "manifest.jsonl")}
     samples = [by_id[it.id] for it in items]
-    sampling = {"num_frames": preset.frames}
-    encoded = _encode_items(model, items, model.k, sampling)
-    base = collect(model, items, encoded, preset.eval_batch)
+    prepared = prepare_items(runner, items)
+    base = collect(runner, items, prepared, preset.eval_batch)
     result = {
         "checkpoint": str(ckpts[-1][1]),
         "n": len(items),
         "k": model.k,
         "accuracy": _accuracy(base),
         "diversity": metrics.diversity(base.latents),
-        "interventions": interventions(model, items, encoded, base, preset.eval_batch),
+        "interventions": interventions(runner, items, prepared, base, preset.eval_batch),
     }
     labels = _probe_labels(samples, preset.frames, model.k)
     if labels is not None:
