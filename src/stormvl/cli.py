@@ -172,9 +172,6 @@ def report(folder: Path = typer.Argument(..., help="a demo output folder with re
 
 def _quiet_libraries() -> None:
     """Our own progress bars say what runs; per-checkpoint "Loading weights" bars are noise."""
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network implicitly
     try:
         from transformers.utils import logging as hf_logging
 
