@@ -98,8 +98,10 @@ def test_latent_tokens_in_padded_vocabulary_do_not_resize():
 
 
 def test_tokenizer_is_deterministic_and_round_trips():
-    a, b = build_tokenizer(), build_tokenizer()
-    assert a.get_vocab() == b.get_vocab()
+    from stormvl.backbones.tiny import _tokenizer_json
+
+    assert _tokenizer_json.__wrapped__() == _tokenizer_json()  # retraining gives the same BPE
+    a = build_tokenizer()
     assert [a.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS] == list(range(8))
     text = "Which cup hides the ball after 3 swaps? Ünïcode ok."
     ids = a(text, add_special_tokens=False)["input_ids"]

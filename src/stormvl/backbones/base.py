@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import types
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -218,6 +219,34 @@ def use_linear_patch_embed(patch_embed) -> None:
     patch_embed.forward = types.MethodType(_linear_patch_embed, patch_embed)
 
 
+def _batched_vision_attention(self, hidden_states, cu_seqlens, position_embeddings=None,
+                              max_seqlen=None, **kwargs):
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    if (self.config._attn_implementation not in ("sdpa", "eager") or len(set(lengths)) != 1
+            or (self.training and self.attention_dropout)):
+        return type(self).forward(self, hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
+    s, n, m = hidden_states.shape[0], len(lengths), lengths[0]
+    qkv = self.qkv(hidden_states).reshape(s, 3, self.num_heads, -1).permute(1, 0, 2, 3)
+    q, k, v = qkv.unbind(0)  # (S, H, d) each
+    rope = sys.modules[type(self).__module__].apply_rotary_pos_emb_vision
+    q, k = rope(q, k, *position_embeddings)
+    q, k, v = (t.reshape(n, m, self.num_heads, -1).transpose(1, 2) for t in (q, k, v))  # (n, H, m, d)
+    out = F.scaled_dot_product_attention(q, k, v, scale=self.scaling)  # (n, H, m, d)
+    return self.proj(out.transpose(1, 2).reshape(s, -1))
+
+
+def use_batched_vision_attention(visual) -> None:
+    """One attention call over all equal-length frames / windows instead of a Python loop.
+
+    transformers' non-flash vision attention loops over frames (Qwen3-VL) or windows
+    (Qwen2.5-VL) one sdpa call at a time; when every chunk has the same length (the usual
+    case for video) they are stacked into a batch. Other cases use the original forward.
+    """
+    for mod in visual.modules():
+        if type(mod).__name__.endswith("VisionAttention"):
+            mod.forward = types.MethodType(_batched_vision_attention, mod)
+
+
 def read_stormvl_meta(path: str | Path) -> dict | None:
     """The ``stormvl.json`` beside a checkpoint's weights, or None for a plain HF model."""
     p = Path(path) / META_FILE
@@ -262,6 +291,7 @@ class Backbone:
         vc = model.config.vision_config
         self.patch, self.merge, self.temporal_patch = vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size
         use_linear_patch_embed(model.model.visual.patch_embed)
+        use_batched_vision_attention(model.model.visual)
 
     # ----- family hooks -------------------------------------------------------------------
     @staticmethod
