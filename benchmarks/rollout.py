@@ -59,28 +59,31 @@ def _batch(bb, video, k: int):
 
 @torch.no_grad()
 def step_times(bb, batch, repeats: int, steps: int = 16) -> tuple[float, float]:
-    """Mean seconds of one latent step (no LM head) and one decode step (LM head + argmax)."""
+    """Seconds of one latent step (no LM head) and one decode step (LM head + argmax):
+    the minimum over every individually timed step."""
     ctx = bb.prepare(batch)
     dev = bb.device
 
-    def run(decode: bool):
+    def run(decode: bool) -> list[float]:
         cache = bb.new_cache()
         h = bb.run(ctx, cache, 0, ctx.inputs_embeds)[:, -1:]
-        _sync(dev)
-        t = time.perf_counter()
+        out = []
         for i in range(steps):
+            _sync(dev)
+            t = time.perf_counter()
             if decode:
                 tok = bb.lm_head(h[:, -1]).argmax(-1)
                 h = bb.run(ctx, cache, batch.length + i, bb.embed_tokens(tok)[:, None])
             else:
                 h = bb.run(ctx, cache, batch.length + i, h)
-        _sync(dev)
-        return (time.perf_counter() - t) / steps
+            _sync(dev)
+            out.append(time.perf_counter() - t)
+        return out
 
     lat, dec = [], []
     for _ in range(repeats):  # interleaved so drifting machine load hits both alike
-        lat.append(run(False))
-        dec.append(run(True))
+        lat += run(False)
+        dec += run(True)
     return min(lat), min(dec)
 
 
