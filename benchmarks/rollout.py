@@ -127,7 +127,7 @@ def main() -> None:
     ap.add_argument("--frame-size", type=int, default=112, help="square frame side in pixels")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (0 = torch default); 1 keeps a shared machine's load "
                          "from stalling multi-threaded kernels")
