@@ -83,7 +83,7 @@ class ShellGame(Family):
             for img, see_through in ((video[f], False), (thought[f], True)):
                 if raised or see_through:
                     scene.circle(img, bx, ball_y, ball_r, scene.PALETTE["red"])
-                for c, (x, y) in pos.items():
+                for x, y in pos.values():
                     y = y - 0.22 * S if raised else y
                     scene.cup(img, x, y, half_w, height, scene.CUP, 0.35 if see_through else 1.0)
             slot = int(np.argmin(np.abs(slot_x - bx)))
