@@ -193,6 +193,8 @@ def spans(n_events: int, frames: int, min_len: int, rng: np.random.Generator, ga
     are spread at random between events.
     """
     usable = frames - 2
+    if n_events + gap * (n_events - 1) > usable:
+        gap = 0  # too many events for gaps: back to back (different objects stay distinct)
     base = max(1, min(min_len, (usable - gap * (n_events - 1)) // n_events))
     spare = usable - base * n_events - gap * (n_events - 1)
     extra = rng.multinomial(max(spare, 0), np.ones(n_events + 1) / (n_events + 1))
@@ -201,3 +203,10 @@ def spans(n_events: int, frames: int, min_len: int, rng: np.random.Generator, ga
         out.append((t, t + base))
         t += base + gap + int(extra[k + 1])
     return out
+
+
+def durations(n: int, total: int, min_len: int, rng: np.random.Generator) -> list[int]:
+    """``n`` positive durations summing to ``total``, each >= min_len where that fits."""
+    m = max(1, min(min_len, total // n))
+    extra = rng.multinomial(total - m * n, np.ones(n) / n)
+    return [m + int(e) for e in extra]

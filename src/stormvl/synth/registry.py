@@ -7,7 +7,13 @@ from collections import OrderedDict
 from stormvl.data.manifest import Sample
 from stormvl.errors import UserError
 from stormvl.synth.base import DIFFICULTIES, SPLITS, Family, Spec, SynthItem, assemble
+from stormvl.synth.families.collision import Collision
+from stormvl.synth.families.counterfactual import Counterfactual
+from stormvl.synth.families.event_count import EventCount
+from stormvl.synth.families.event_order import EventOrder
+from stormvl.synth.families.occluded_trajectory import OccludedTrajectory
 from stormvl.synth.families.shell_game import ShellGame
+from stormvl.synth.families.state_change import StateChange
 
 MIN_FRAMES = 8
 MIN_SIZE = 32
@@ -17,6 +23,12 @@ FAMILIES: OrderedDict[str, Family] = OrderedDict(
     (f.name, f)
     for f in (
         ShellGame(),
+        OccludedTrajectory(),
+        Collision(),
+        Counterfactual(),
+        EventOrder(),
+        EventCount(),
+        StateChange(),
     )
 )
 
