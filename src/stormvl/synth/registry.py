@@ -8,11 +8,16 @@ from stormvl.data.manifest import Sample
 from stormvl.errors import UserError
 from stormvl.synth.base import DIFFICULTIES, SPLITS, Family, Spec, SynthItem, assemble
 from stormvl.synth.families.collision import Collision
+from stormvl.synth.families.containment import Containment
 from stormvl.synth.families.counterfactual import Counterfactual
+from stormvl.synth.families.direction import Direction
 from stormvl.synth.families.event_count import EventCount
 from stormvl.synth.families.event_order import EventOrder
+from stormvl.synth.families.map_building import MapBuilding
 from stormvl.synth.families.occluded_trajectory import OccludedTrajectory
+from stormvl.synth.families.rotation import Rotation
 from stormvl.synth.families.shell_game import ShellGame
+from stormvl.synth.families.speed import Speed
 from stormvl.synth.families.state_change import StateChange
 
 MIN_FRAMES = 8
@@ -29,6 +34,11 @@ FAMILIES: OrderedDict[str, Family] = OrderedDict(
         EventOrder(),
         EventCount(),
         StateChange(),
+        Direction(),
+        Rotation(),
+        Speed(),
+        Containment(),
+        MapBuilding(),
     )
 )
 
