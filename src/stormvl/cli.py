@@ -60,11 +60,12 @@ def synth(
 def audit(
     directory: str = typer.Argument(..., help="Suite folder with train and test items."),
     out: str = typer.Option(None, "--out", help="JSON file for the results (default DIR/audit.json)."),
+    workers: int = typer.Option(1, "--workers", help="Processes decoding videos."),
 ) -> None:
     """Score cheap shortcut baselines on a generated suite (anti-shortcut audit)."""
     from stormvl.synth.audit import format_table, run_audit
 
-    result, path = run_audit(directory, out)
+    result, path = run_audit(directory, out, workers=workers)
     print(format_table(result))
     print(f"wrote {path}")
 

@@ -156,7 +156,7 @@ def assemble(fam: Family, spec: Spec) -> SynthItem:
     level = spec.difficulty
     if level == "mixed":
         level = LEVELS[spec.balanced(len(LEVELS), "level")]
-    ctx = Ctx(spec, level, fam.knobs(level, spec.split), spec.rng())
+    ctx = Ctx(spec, level, fam.knobs(level, spec.split), spec.rng("sample", spec.index))
     ep = fam.make(ctx)
     letter = spec.balanced(NUM_OPTIONS, "letter")
     distract = list(ep.distractors)

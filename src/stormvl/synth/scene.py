@@ -83,6 +83,20 @@ def ring(img, cx, cy, r, color, width=1.5, alpha=1.0) -> None:
     _paint(img, sl, (d <= r) & (d >= r - width), color, alpha)
 
 
+def arc(img, cx, cy, radius, start, sweep, color, width=1.5, alpha=1.0) -> None:
+    """Arc of a circle from angle ``start`` over signed ``sweep`` radians (y down, so a
+    positive sweep runs clockwise on screen); |sweep| >= 2 pi draws the whole circle."""
+    r = radius + width
+    sl = _box(img, cx - r, cy - r, cx + r, cy + r)
+    if sl is None or sweep == 0:
+        return
+    yy, xx = _grid(sl)
+    d = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)
+    rel = np.mod((np.arctan2(yy - cy, xx - cx) - start) * np.sign(sweep), 2 * np.pi)
+    mask = (np.abs(d - radius) <= width / 2) & (rel <= abs(sweep))
+    _paint(img, sl, mask, color, alpha)
+
+
 def rect(img, x0, y0, x1, y1, color, alpha=1.0) -> None:
     """Filled axis-aligned rectangle [x0, x1) x [y0, y1)."""
     sl = _box(img, x0, y0, x1, y1)

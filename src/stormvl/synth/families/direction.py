@@ -3,7 +3,7 @@
 Objects move on a wrap-around canvas (leaving one side, re-entering the opposite one), so
 their start and end positions are uniform whatever the direction: a single frame says
 nothing. At hard level there are 8 directions and the distractors are the opposite and the
-two neighbouring directions (near misses). Thought video: motion trails.
+two neighbouring directions (near misses). Thought video: motion trails over the last five frames.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class Direction(Family):
             for img, see in ((video[f], False), (thought[f], True)):
                 if see:
                     for j in range(n):
-                        wrapped_trail(img, track[: f + 1, j], scene.PALETTE[names[j]], S)
+                        wrapped_trail(img, track[max(0, f - 5) : f + 1, j], scene.PALETTE[names[j]], S)
                 for j in range(n):
                     x, y = track[f, j]
                     draw_wrapped(img, kinds[j], x, y, r, scene.PALETTE[names[j]], S)

@@ -57,9 +57,8 @@ class Rotation(Family):
                     scene.segment(img, cx, cy, mx, my, col, 2.0)
                     scene.circle(img, mx, my, 0.18 * R, scene.WHITE)
                     if see:
-                        arc = start[j] + 2 * np.pi * spin[j] * np.linspace(0, frac[f], 24)
-                        pts = np.stack([cx + 1.12 * R * np.cos(arc), cy + 1.12 * R * np.sin(arc)], 1)
-                        scene.polyline(img, pts, scene.WHITE, 1.2, 0.8)
+                        sweep = 2 * np.pi * spin[j] * frac[f]
+                        scene.arc(img, cx, cy, 1.12 * R, start[j], sweep, scene.WHITE, 1.5, 0.8)
             done = int(np.clip(np.round(spin[0] * frac[f] * 8), -10, 10))
             state.append({"probe": done})
         options = [f"{d}, {TURN_WORDS[a]}" for d in ("clockwise", "counterclockwise") for a in amounts]
