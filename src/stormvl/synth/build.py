@@ -92,7 +92,7 @@ def _check_writable(out: Path) -> None:
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"--out {out}: directory {probe} is not writable")
+        raise UserError(f"--out {out}: {probe} is not a writable directory")
 
 
 def validate(out_dir, n, families, split, difficulty, frames, size, seed, workers) -> SuiteArgs:

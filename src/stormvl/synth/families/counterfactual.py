@@ -40,7 +40,7 @@ class Counterfactual(Family):
         "easy": {"others": (3, 3), "miss": (0.12, 0.2)},
         "medium": {"others": (3, 4), "miss": (0.08, 0.14)},
         "hard": {"others": (4, 5), "miss": (0.05, 0.09)},
-        "ood": {"others": (6, 7)},
+        "ood": {"others": (6, 6)},
     }
 
     def _layout(self, ctx: Ctx, n_other: int, miss: float):
