@@ -43,7 +43,9 @@ class Containment(Family):
         drop = max(2, -(-T // 8))
         count = min(ctx.int("transfers"), (T - drop - 1) // 2)
         ctx.params["transfers"] = count
-        dur = 3 if 3 * count <= T - drop - 1 else 2  # lift, over the target (pour)[, back]
+        # frames per transfer: >= 2 (lifted over the target, back); longer clips get longer
+        # transfers so easy events stay longer than T/8
+        dur = max(2, min((T - drop - 1) // max(count, 1), max(3, -(-T // 8))))
         start, end = int(rng.integers(n)), int(rng.integers(n))
         seq = _transfers_to(rng, n, count, start, end)
         names = ctx.choice(scene.COLOR_NAMES, n)
@@ -67,12 +69,11 @@ class Containment(Family):
             k = next((k for k, s in enumerate(starts) if s <= f < s + dur), None)
             if k is not None:
                 a, b = seq[k]
-                phase = f - starts[k]
-                lift = base_y - bh - 0.08 * S
-                mid = slot_x[a] * 0.5 + slot_x[b] * 0.5
-                xs = [mid, slot_x[b], mid]
-                boxes[a] = (xs[phase], lift)
-                if phase == 1 and holder == a:
+                step, n_out = f - starts[k], -(-dur // 2)  # out to the target, then back
+                reach = (step + 1) / n_out if step < n_out else (dur - 1 - step) / (dur - n_out)
+                lifted = base_y - bh - 0.08 * S if reach > 0 else base_y
+                boxes[a] = (slot_x[a] + (slot_x[b] - slot_x[a]) * reach, lifted)
+                if step == n_out - 1 and holder == a:
                     holder = b  # poured
             for img, see in ((video[f], False), (thought[f], True)):
                 if gem is not None:

@@ -50,7 +50,7 @@ class ShellGame(Family):
         start, end = int(rng.integers(n)), int(rng.integers(n))
         swaps = _swaps_to(rng, n, n_swaps, start, end)
         # Timeline: frames [0, reveal) show the ball; each swap then takes ``dur`` >= 2 frames.
-        dur = int(np.clip((T - reveal - 1) // max(n_swaps, 1), 2, 4))
+        dur = int(np.clip((T - reveal - 1) // max(n_swaps, 1), 2, max(4, -(-T // 8))))
         free = T - reveal - 1 - dur * n_swaps
         extra = rng.multinomial(free, np.ones(n_swaps + 1) / (n_swaps + 1)) if n_swaps else [free]
         starts, t = [], reveal + int(extra[0])
