@@ -94,7 +94,8 @@ class ShellGame(Family):
         for k, (a, b) in enumerate(swaps, 1):
             where = b if where == a else a if where == b else where
             words.append(
-                f"Swap {k}: cups {a + 1} and {b + 1} trade places; the ball is under cup {where + 1}."
+                f"Swap {k}: the cups in positions {a + 1} and {b + 1} trade places; "
+                f"the ball is now in position {where + 1}."
             )
         words.append(f"So the ball ends under {slot_name(end)}.")
         return Episode(
