@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+import train_fixtures  # noqa: F401  (one torch thread)
 from stormvl.data.manifest import Sample, write_manifest
 from stormvl.data.video import write_video
 from stormvl.errors import ManifestError, UserError

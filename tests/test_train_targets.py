@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import train_fixtures  # noqa: F401  (one torch thread)
 from stormvl.data.manifest import Sample
 from stormvl.data.video import write_video
 from stormvl.training.config import TargetConfig
