@@ -162,3 +162,11 @@ def test_cli_train_overrides_and_bad_config(tmp_path, suite, capsys):
     assert "method.k" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "c.yaml"), "--resume", "method.k=3", "optim.max_steps=3"]) == 0
     assert [s for s, _ in list_checkpoints(tmp_path / "cli")][-1] == 3
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tmp_path, suite):
+    cfg = tiny_config(tmp_path / "plain", suite, "storm", max_steps=2)
+    train(cfg)
+    gc = replace(cfg, out_dir=str(tmp_path / "gc"), model=replace(cfg.model, gradient_checkpointing=True))
+    train(gc)
+    assert _losses(tmp_path / "gc") == pytest.approx(_losses(tmp_path / "plain"), rel=1e-5)
