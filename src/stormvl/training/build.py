@@ -79,9 +79,13 @@ def _load(source: str, cfg: TrainConfig):
     video = VideoSettings(min_pixels=cfg.video.min_pixels, max_pixels=cfg.video.max_pixels)
     tiny = parse_tiny(source)
     if tiny:
-        bb = build_tiny(family=tiny[0], size=tiny[1], seed=cfg.model.init_seed)
+        bb = build_tiny(family=tiny[0], size=tiny[1], seed=cfg.model.init_seed, dtype=DTYPES[cfg.model.dtype])
         bb.video = video
         return bb
+    local = Path(source)
+    if local.is_dir() and not any(local.glob("*.safetensors")):
+        raise UserError(f"{source}: no *.safetensors weights; stormvl loads weights only from "
+                        "safetensors (pickled .bin files can run code)")
     return load_backbone(source, family=cfg.model.family, dtype=DTYPES[cfg.model.dtype],
                          video=video, trust_remote_code=cfg.model.trust_remote_code)
 

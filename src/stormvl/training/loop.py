@@ -218,6 +218,11 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
             width = bb.hidden_size
         per = cfg.targets.per_step if cfg.targets.reduction == "multi" else 1
         projector = Projector(bb.hidden_size, width, per, cfg.align.projector)
+        stage1 = Path(cfg.method.stage1_checkpoint or "") / ckpt.PROJECTOR
+        if cfg.method.stage == 2 and stage1.is_file() and projector.proj is not None:
+            from safetensors.torch import load_file
+
+            projector.load_state_dict(load_file(str(stage1)))  # keep stage 1's target map
     module = TrainModule(LatentModel(bb), projector, cfg)
     if cfg.targets.encoder == "frozen_copy":
         module.align_weight = 0.0  # CE-only warm-up until the tower copy is taken
@@ -275,7 +280,7 @@ def save(run: Run) -> Path:
     if acc.is_main_process:
         ckpt.clear_partial(cfg.out_dir)
         save_model(run.built, tmp, run_meta(cfg, step))
-        if module.projector is not None:
+        if module.projector is not None and module.projector.proj is not None:
             save_file({k: v.contiguous() for k, v in module.projector.state_dict().items()},
                       str(tmp / ckpt.PROJECTOR))
         extra = {"target_parts": run.target_parts, "align_weight": float(module.align_weight)}
