@@ -7,6 +7,7 @@ becomes ``error: <message>`` on stderr and exit code 2.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
@@ -76,9 +77,47 @@ def export(
 
 
 @app.command()
-def score() -> None:
+def score(
+    benchmark: str = typer.Option(
+        ..., "--benchmark", help="videomme | mvbench | tempcompass | mmvu | synth"),
+    data: Path = typer.Option(..., "--data", help="The benchmark's local dataset folder."),
+    predictions: Path = typer.Option(
+        ..., "--predictions", help='JSONL lines {"id": ..., "response": "..."}.'),
+    out: Path | None = typer.Option(None, "--out", help="Write results JSON here."),
+    subtitles: bool = typer.Option(
+        False, "--subtitles", help="VideoMME: the replies came from the with-subtitles prompt."),
+    judge_url: str | None = typer.Option(
+        None, "--judge-url", help="OpenAI-compatible base URL of an LLM judge (off by default)."),
+    judge_model: str = typer.Option("gpt-4o-mini", "--judge-model", help="Judge model name."),
+    judge_key_env: str = typer.Option(
+        "OPENAI_API_KEY", "--judge-key-env", help="Environment variable holding the judge key."),
+    judge_cache: Path | None = typer.Option(
+        None, "--judge-cache", help="Judge answer cache (JSONL); default beside --out."),
+) -> None:
     """Score raw model replies on a benchmark as the standard harness does."""
-    _not_ready("score", 5)
+    from stormvl.tasks import breakdowns, load_benchmark
+    from stormvl.tasks import score as scoring
+
+    items = load_benchmark(benchmark, data, subtitles=subtitles, check_media=False)
+    preds = scoring.read_predictions(predictions)
+    judge = None
+    if judge_url:
+        from stormvl.tasks.judge import Judge, JudgeConfig
+
+        cache = judge_cache or (out.with_suffix(".judge_cache.jsonl") if out else
+                                Path("stormvl_judge_cache.jsonl"))
+        judge = Judge(JudgeConfig(judge_url, judge_model, judge_key_env, str(cache)))
+    try:
+        result = scoring.score(benchmark, items, preds, breakdowns(benchmark), judge)
+    finally:
+        if judge is not None:
+            judge.close()
+    result["settings"] = {"data": str(data), "predictions": str(predictions),
+                          "subtitles": subtitles, "judge_model": judge_model if judge else None}
+    print(scoring.render_table(result))
+    if out is not None:
+        scoring.write_results(out, result)
+        print(f"wrote {out}")
 
 
 @app.command(name="eval")
@@ -94,15 +133,41 @@ def answer() -> None:
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    preset: str = typer.Option("quick", help="quick (smoke run, minutes) | full (5 seeds, evidence) | test"),
+    seeds: int = typer.Option(None, help="training seeds per method (default: the preset's)"),
+    out: Path = typer.Option(Path("runs/demo"), help="output folder (re-run to resume)"),
+) -> None:
     """The whole method end to end on the built-in suite, with a report."""
-    _not_ready("demo", 6)
+    from stormvl.demo.pipeline import run_demo
+    from stormvl.demo.presets import PRESETS
+    from stormvl.report.demo_report import headline
+
+    if preset not in PRESETS:
+        raise UserError(f"--preset {preset!r}: choose from {', '.join(PRESETS)}")
+    if seeds is not None and seeds < 1:
+        raise UserError("--seeds must be >= 1")
+    results = run_demo(PRESETS[preset].with_seeds(seeds), out, log=lambda m: print(m, flush=True))
+    print(headline(results))
+    print(f"report: {out / 'report.md'}  page: {out / 'index.html'}")
 
 
 @app.command()
-def report() -> None:
+def report(folder: Path = typer.Argument(..., help="a demo output folder with results.json")) -> None:
     """Rebuild report.md / index.html / plots from a results folder."""
-    _not_ready("report", 6)
+    import json
+
+    from stormvl.report.demo_report import headline, write_report
+
+    path = folder / "results.json"
+    if not path.is_file():
+        raise UserError(f"{path}: not found (run `stormvl demo --out {folder}` first)")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg})") from None
+    write_report(results, folder)
+    print(headline(results))
 
 
 def main(argv: list[str] | None = None) -> int:
