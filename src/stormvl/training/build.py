@@ -79,7 +79,8 @@ def _load(source: str, cfg: TrainConfig):
     video = VideoSettings(min_pixels=cfg.video.min_pixels, max_pixels=cfg.video.max_pixels)
     tiny = parse_tiny(source)
     if tiny:
-        bb = build_tiny(family=tiny[0], size=tiny[1], seed=cfg.model.init_seed, dtype=DTYPES[cfg.model.dtype])
+        bb = build_tiny(family=tiny[0], size=tiny[1], seed=cfg.model.init_seed)
+        bb.model.to(DTYPES[cfg.model.dtype])
         bb.video = video
         return bb
     local = Path(source)
