@@ -197,6 +197,11 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)])
     if acc.num_processes != world:
         raise UserError(f"WORLD_SIZE={world} but accelerate sees {acc.num_processes} process(es)")
+    if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
+        # Saving would write sharded parameters through save_pretrained; not built or tested.
+        raise UserError(f"accelerate {acc.distributed_type.name} is not supported by stormvl train "
+                        "yet; use DDP (multi-GPU `accelerate launch` without an FSDP config), with LoRA "
+                        "for 7B models")
     set_seed(cfg.seed)
     built = build_model(cfg, last)
     bb = built.backbone
@@ -280,7 +285,7 @@ def save(run: Run) -> Path:
     if acc.is_main_process:
         ckpt.clear_partial(cfg.out_dir)
         save_model(run.built, tmp, run_meta(cfg, step))
-        if module.projector is not None and module.projector.proj is not None:
+        if module.projector is not None:  # identity projectors save an empty file: "no map"
             save_file({k: v.contiguous() for k, v in module.projector.state_dict().items()},
                       str(tmp / ckpt.PROJECTOR))
         extra = {"target_parts": run.target_parts, "align_weight": float(module.align_weight)}
