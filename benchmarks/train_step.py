@@ -21,11 +21,11 @@ import time
 from contextlib import contextmanager
 
 import torch
+from torch import nn
+
 from stormvl.backbones import Prompt, VideoSettings
 from stormvl.backbones.tiny import build_tiny, random_clip
 from stormvl.latent import LatentModel, format_question, forward_naive
-from torch import nn
-
 from stormvl.training.config import AlignConfig, MethodConfig, TargetConfig, TrainConfig
 from stormvl.training.loop import TrainModule
 from stormvl.training.losses import Projector
