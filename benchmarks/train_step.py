@@ -145,7 +145,10 @@ def main() -> None:
     dev = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     video = None if args.size != "7b" else VideoSettings(min_pixels=3136, max_pixels=448 * 448)
-    bb = build_tiny("qwen2_5_vl", args.size, seed=0, video=video, dtype=dtype, device=dev)
+    # the 7B shape is built directly on the device in its dtype; small ones are moved after
+    big = {"dtype": dtype, "device": dev} if args.size == "7b" else {}
+    bb = build_tiny("qwen2_5_vl", args.size, seed=0, video=video, **big)
+    bb.model.to(dev, dtype)
     bb.model.model.visual.requires_grad_(False)  # frozen tower, as in every recipe
     if args.lora:
         from peft import LoraConfig, get_peft_model
