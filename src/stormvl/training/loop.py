@@ -173,9 +173,46 @@ def _targets(cfg: TrainConfig, acc, bb, samples, root) -> dict:
     return report.parts
 
 
+def _accelerator(cfg: TrainConfig):
+    """An Accelerator for this launch; refuses layouts the loop does not support."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # a projector idle during the frozen_copy warm-up is the only parameter DDP may not see
+    unused = cfg.method.uses_align and cfg.targets.encoder == "frozen_copy"
+    # Under torchrun on a machine without CUDA, accelerate only goes multi-process on CPU
+    # (gloo) when asked to use the CPU; without this it would run N unaware copies.
+    acc = Accelerator(cpu=world > 1 and not torch.cuda.is_available(),
+                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)])
+    if acc.num_processes != world:
+        raise UserError(f"WORLD_SIZE={world} but accelerate sees {acc.num_processes} process(es)")
+    if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
+        # Saving would write sharded parameters through save_pretrained; not built or tested.
+        raise UserError(f"accelerate {acc.distributed_type.name} is not supported by stormvl train "
+                        "yet; use DDP (multi-GPU `accelerate launch` without an FSDP config), with LoRA "
+                        "for 7B models")
+    return acc
+
+
+def target_width(cfg: TrainConfig, hidden: int) -> int:
+    """Width of one target vector: the projection's ``dim`` (0 = hidden) or the tower's."""
+    return (cfg.targets.dim or hidden) if cfg.targets.encoder == "random_projection" else hidden
+
+
+def build_projector(cfg: TrainConfig, hidden: int) -> Projector:
+    """The Stage-I projector; stage 2 starts from stage 1's saved map when it has one."""
+    per = cfg.targets.per_step if cfg.targets.reduction == "multi" else 1
+    projector = Projector(hidden, target_width(cfg, hidden), per, cfg.align.projector)
+    saved = Path(cfg.method.stage1_checkpoint or "") / ckpt.PROJECTOR
+    if cfg.method.stage == 2 and saved.is_file() and projector.proj is not None:
+        from safetensors.torch import load_file
+
+        projector.load_state_dict(load_file(str(saved)))
+    return projector
+
+
 def setup(cfg: TrainConfig, resume: bool) -> Run:
     """Model, data, targets, optimiser, scheduler; restores a checkpoint when resuming."""
-    from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import set_seed
 
     from stormvl.latent import LatentModel
@@ -188,20 +225,7 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
         raise UserError(f"{out} already holds checkpoints; pass --resume or choose another out_dir")
     if last is not None:
         _check_resume(cfg, last)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    # Under torchrun on a machine without CUDA, accelerate only goes multi-process on CPU
-    # (gloo) when asked to use the CPU; without this it would run N unaware copies.
-    # a projector idle during the frozen_copy warm-up is the only parameter DDP may not see
-    unused = cfg.method.uses_align and cfg.targets.encoder == "frozen_copy"
-    acc = Accelerator(cpu=world > 1 and not torch.cuda.is_available(),
-                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)])
-    if acc.num_processes != world:
-        raise UserError(f"WORLD_SIZE={world} but accelerate sees {acc.num_processes} process(es)")
-    if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
-        # Saving would write sharded parameters through save_pretrained; not built or tested.
-        raise UserError(f"accelerate {acc.distributed_type.name} is not supported by stormvl train "
-                        "yet; use DDP (multi-GPU `accelerate launch` without an FSDP config), with LoRA "
-                        "for 7B models")
+    acc = _accelerator(cfg)
     set_seed(cfg.seed)
     built = build_model(cfg, last)
     bb = built.backbone
@@ -212,22 +236,11 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
             raise UserError(f"{cfg.data.train}: textcot needs samples with a rationale; none has one")
     if acc.is_main_process:
         print(summary)
-    use_align = cfg.method.uses_align and (cfg.align_weight > 0 or cfg.targets.encoder == "frozen_copy")
+    use_align = cfg.method.uses_align and cfg.align_weight > 0
     parts: dict = {}
     if use_align and cfg.targets.encoder != "frozen_copy":
         parts = _targets(cfg, acc, bb, samples, root)
-    projector = None
-    if use_align:
-        width = cfg.targets.dim or bb.hidden_size
-        if cfg.targets.encoder != "random_projection":
-            width = bb.hidden_size
-        per = cfg.targets.per_step if cfg.targets.reduction == "multi" else 1
-        projector = Projector(bb.hidden_size, width, per, cfg.align.projector)
-        stage1 = Path(cfg.method.stage1_checkpoint or "") / ckpt.PROJECTOR
-        if cfg.method.stage == 2 and stage1.is_file() and projector.proj is not None:
-            from safetensors.torch import load_file
-
-            projector.load_state_dict(load_file(str(stage1)))  # keep stage 1's target map
+    projector = build_projector(cfg, bb.hidden_size) if use_align else None
     module = TrainModule(LatentModel(bb), projector, cfg)
     if cfg.targets.encoder == "frozen_copy":
         module.align_weight = 0.0  # CE-only warm-up until the tower copy is taken
@@ -396,7 +409,8 @@ def _maybe_take_tower_copy(run: Run) -> bool:
     """frozen_copy: after warm-up, snapshot the tower, build targets, turn alignment on."""
     cfg = run.cfg
     module = run.acc.unwrap_model(run.module)
-    if cfg.targets.encoder != "frozen_copy" or run.target_parts or run.state.step < cfg.targets.warmup_steps:
+    if (cfg.targets.encoder != "frozen_copy" or module.projector is None or run.target_parts
+            or run.state.step < cfg.targets.warmup_steps):
         return False
     run.target_parts = _targets(cfg, run.acc, run.built.backbone, run.samples, run.root)
     run.dataset.target_parts = run.target_parts
