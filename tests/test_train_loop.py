@@ -122,9 +122,12 @@ def test_bad_media_is_counted_and_stops_above_the_fraction(tmp_path, suite):
 def test_lora_export_loads_in_plain_transformers(tmp_path, suite):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    cfg = tiny_config(tmp_path / "lora", suite, "direct", max_steps=2, lr=5e-2)
+    cfg = tiny_config(tmp_path / "lora", suite, "direct", max_steps=1, lr=5e-2)
     cfg = replace(cfg, model=replace(cfg.model, lora=replace(cfg.model.lora, enabled=True, r=4, alpha=8)))
-    final = train(cfg)
+    train(cfg)
+    cfg = replace(cfg, optim=replace(cfg.optim, max_steps=2))
+    final = train(cfg, resume=True)  # adapters re-applied on the base, then trained on
+    assert final.name == "step-000002" and len(_losses(tmp_path / "lora")) == 2
     assert (final / "adapter_model.safetensors").is_file() and not (final / "model.safetensors").exists()
     assert main(["export", str(final), str(tmp_path / "merged")]) == 0
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "merged").eval()

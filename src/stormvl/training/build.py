@@ -208,7 +208,38 @@ def export_merged(checkpoint: str | Path, out: str | Path) -> Path:
     keep = {k: v for k, v in meta.items() if k not in ("stormvl_version", "backbone", "video", "max_latents")}
     keep["lora"] = False
     keep["exported_from"] = str(checkpoint)
-    return bb.save(Path(out), keep)
+    path = bb.save(Path(out), keep)
+    copy_processor_files(cfg.model.backbone, path)
+    return path
+
+
+PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json",
+                   "processor_config.json", "chat_template.json", "chat_template.jinja")
+
+
+def copy_processor_files(base: str, out: Path) -> list[str]:
+    """Copy the base model's processor settings and chat template next to exported weights.
+
+    Local folders are read directly; hub ids only from the local HF cache (no download).
+    Returns the names copied (none for the tiny backbones, which have no processor files).
+    """
+    import shutil
+
+    copied = []
+    for name in PROCESSOR_FILES:
+        src = Path(base) / name
+        if not src.is_file() and not parse_tiny(base):
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                hit = try_to_load_from_cache(base, name)
+                src = Path(hit) if isinstance(hit, str) else src
+            except Exception:  # not a hub id, or no cache: nothing to copy
+                pass
+        if src.is_file() and not (out / name).exists():
+            shutil.copy(src, out / name)
+            copied.append(name)
+    return copied
 
 
 def run_meta(cfg: TrainConfig, step: int) -> dict:
