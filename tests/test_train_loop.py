@@ -215,3 +215,13 @@ def test_stage2_kept_align_reuses_the_stage1_projector(tmp_path, suite):
     want = load_file(str(s1 / "align_projector.safetensors"))
     for k, v in want.items():
         torch.testing.assert_close(seen[k], v, atol=1e-6, rtol=0)
+
+
+def test_storm_with_some_samples_lacking_thought_videos(tmp_path, suite):
+    rows = [json.loads(line) for line in suite.read_text().splitlines()]
+    for r in rows[:5]:  # most batches mix samples with and without targets; some have none
+        r.pop("thought_video")
+    (suite.parent / "partial.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tiny_config(tmp_path / "run", suite.parent / "partial.jsonl", "storm", max_steps=4, batch_size=2)
+    train(cfg)
+    assert all(r >= 0 for r in _losses(tmp_path / "run", "align"))

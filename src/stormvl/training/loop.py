@@ -108,12 +108,14 @@ class TrainModule(nn.Module):
     def forward(self, batch, targets: torch.Tensor | None = None, mask: torch.Tensor | None = None):
         out = self.engine(batch)
         parts = {"ce": out.loss, "loss": out.loss}
-        if self.projector is not None and targets is not None and self.align_weight > 0:
+        if self.projector is not None and self.align_weight > 0:
             pred = self.projector(out.latents)  # (B, K, P, D_t)
-            al = align_loss(pred, targets, self.kind, self.temperature, mask)
-            parts["align"] = al
-            parts["cos"] = cosine_agreement(pred[mask], targets[mask]) if mask.any() else al * 0
-            parts["loss"] = out.loss + self.align_weight * al
+            if targets is None:  # no sample here has a thought video: a zero term keeps every
+                al = cos = pred.sum() * 0.0  # process's graph (and DDP's reducer) the same
+            else:
+                al = align_loss(pred, targets, self.kind, self.temperature, mask)
+                cos = cosine_agreement(pred[mask], targets[mask]) if mask.any() else al.detach() * 0
+            parts.update(align=al, cos=cos, loss=out.loss + self.align_weight * al)
         return parts
 
 
@@ -372,7 +374,10 @@ def train_step(run: Run, it, last_good: Collated | None) -> tuple[dict, Collated
 
         skipped = gather_object(skipped)
     counts = acc.reduce(torch.tensor([requested, bad, good], device=acc.device, dtype=torch.float64), "sum")
-    loss = acc.reduce(torch.tensor([sums["loss"]], device=acc.device), "mean")
+    keys = sorted(sums)  # the same on every process: TrainModule always returns the same parts
+    means = acc.reduce(torch.tensor([sums[k] for k in keys], device=acc.device, dtype=torch.float64), "mean")
+    sums = dict(zip(keys, means.tolist(), strict=True))
+    loss = means[keys.index("loss")]
     params = [p for p in run.module.parameters() if p.requires_grad]
     clip = cfg.optim.clip if cfg.optim.clip > 0 else float("inf")
     grad_norm = acc.clip_grad_norm_(params, clip)
@@ -389,8 +394,8 @@ def train_step(run: Run, it, last_good: Collated | None) -> tuple[dict, Collated
     st.step += 1
     st.samples_seen += int(counts[2])
     st.bad_media += int(counts[1])
-    metrics = {k: v for k, v in sums.items()}
-    metrics.update(loss=float(loss), grad_norm=float(grad_norm), lr=run.scheduler.get_last_lr()[0],
+    metrics = dict(sums)
+    metrics.update(grad_norm=float(grad_norm), lr=run.scheduler.get_last_lr()[0],
                    samples=int(counts[2]), bad_media=st.bad_media)
     return metrics, last_good, skipped
 
