@@ -440,7 +440,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_step: Callable[[Run, dict],
     if acc.is_main_process:
         save_config(cfg, Path(cfg.out_dir) / "config.yaml")
     run.log = MetricsLog(cfg, acc.is_main_process, run.state.step)
-    it, last_good, final = iter(make_loader(run)), None, None
+    it, last_good = iter(make_loader(run)), None
+    final = ckpt.latest_checkpoint(cfg.out_dir)  # a resumed run may have nothing left to do
     try:
         while run.state.step < cfg.optim.max_steps:
             t0 = time.perf_counter()
