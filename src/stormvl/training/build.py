@@ -169,6 +169,18 @@ def _apply_lora(bb, cfg: TrainConfig, resume_from: Path | None):
 
 def save_model(built: Built, path: Path, meta: dict) -> None:
     """Weights (full HF model, or LoRA adapters) + tokenizer + stormvl.json into ``path``."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar inside the run's bar
+    try:
+        _save_model(built, path, meta)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
+def _save_model(built: Built, path: Path, meta: dict) -> None:
     bb = built.backbone
     if built.peft_model is None:
         bb.save(path, meta)
