@@ -170,8 +170,20 @@ def report(folder: Path = typer.Argument(..., help="a demo output folder with re
     print(headline(results))
 
 
+def _quiet_libraries() -> None:
+    """Our own progress bars say what runs; per-checkpoint "Loading weights" bars are noise."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
+    _quiet_libraries()
     try:
         app(args=argv, standalone_mode=False)
     except UserError as exc:

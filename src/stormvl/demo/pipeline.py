@@ -17,21 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from stormvl.demo.presets import Preset
 from stormvl.errors import UserError
+from stormvl.io import write_json_atomic
 
 Log = Callable[[str], None]
-
-
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
 
 
 def _check_preset(out: Path, preset: Preset) -> None:
@@ -46,7 +39,7 @@ def _check_preset(out: Path, preset: Preset) -> None:
             raise UserError(f"{out}: holds a demo with other settings ({', '.join(diff)}); "
                             "use another --out")
     else:
-        _write_json(record, want)
+        write_json_atomic(record, want)
 
 
 # --- stage 1: data -----------------------------------------------------------------------

@@ -10,7 +10,6 @@ untouched run.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from stormvl.diagnostics import metrics
+from stormvl.io import write_json_atomic
 
 
 class Intervention(nn.Module):
@@ -119,13 +119,6 @@ def _probe_labels(samples, n_frames: int, k: int) -> np.ndarray | None:
     return np.array(rows)
 
 
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
-
-
 def diagnose(ckpts, test_dir: Path, out_json: Path, preset, stage1: Path | None = None,
              figure: Path | None = None) -> dict:
     """All diagnostics of a run's final checkpoint (and alignment over its checkpoints)."""
@@ -157,5 +150,5 @@ def diagnose(ckpts, test_dir: Path, out_json: Path, preset, stage1: Path | None 
     if stage1 is not None:
         result["alignment"] = alignment_report(ckpts, samples, test_dir, base.latents, preset,
                                                figure=figure)
-    _write_json(out_json, result)
+    write_json_atomic(out_json, result)
     return result

@@ -7,9 +7,9 @@ formatter (``_f``), so the test that compares report.md with results.json can be
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from stormvl.io import write_text_atomic
 from stormvl.report.render import bar_plot, html_page, line_plot, md_table
 
 
@@ -162,14 +162,8 @@ def headline(res: dict) -> str:
 def write_report(res: dict, out: str | Path) -> None:
     """Write results.json, report.md, the plots and index.html (each atomically)."""
     out = Path(out)
-    _atomic(out / "results.json", json.dumps(res, indent=2, default=float) + "\n")
+    write_text_atomic(out / "results.json", json.dumps(res, indent=2, default=float) + "\n")
     md = report_markdown(res)
-    _atomic(out / "report.md", md)
+    write_text_atomic(out / "report.md", md)
     images = _plots(res, out)
-    _atomic(out / "index.html", html_page(f"stormvl demo ({res['preset']['name']})", md, images))
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(out / "index.html", html_page(f"stormvl demo ({res['preset']['name']})", md, images))
