@@ -225,3 +225,13 @@ def test_storm_with_some_samples_lacking_thought_videos(tmp_path, suite):
     cfg = tiny_config(tmp_path / "run", suite.parent / "partial.jsonl", "storm", max_steps=4, batch_size=2)
     train(cfg)
     assert all(r >= 0 for r in _losses(tmp_path / "run", "align"))
+
+
+def test_qwen3_vl_backbone_trains_storm(tmp_path, suite):
+    cfg = tiny_config(tmp_path / "q3", suite, "storm", max_steps=3, batch_size=8)
+    cfg = replace(cfg, model=replace(cfg.model, backbone="tiny:qwen3_vl"),
+                  video=replace(cfg.video, min_pixels=4 * 32 * 32, max_pixels=64 * 64 * 16))
+    final = train(cfg)
+    assert read_meta(final)["backbone"] == "qwen3_vl"
+    losses = _losses(tmp_path / "q3")
+    assert losses[-1] < losses[0]
