@@ -23,6 +23,7 @@ import json
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -106,7 +107,7 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto")
         dtype = "bfloat16" if dev.startswith("cuda") else "float32"
     bb = load_backbone(str(p), dtype=getattr(torch, dtype), device=dev)
     k = int(meta.get("k") or 0) if method in LATENT_METHODS else 0
-    return LoadedModel(bb, method, k, video, oracle, str(p), meta)
+    return LoadedModel(bb, method, k, video, oracle, str(p.resolve()), meta)
 
 
 # ----------------------------------------------------------------------------------------
@@ -412,8 +413,9 @@ def _row(p: Prepared, text: str, res, i: int, bsz: int, k: int, method: str) -> 
     return row
 
 
-def _prepare_all(runner: Runner, items: Sequence[EvalItem], pool: ThreadPoolExecutor):
-    """Futures of (item, Prepared | error text), decoded in worker threads ahead of the model."""
+def _prepared_batches(runner: Runner, items: Sequence[EvalItem], pool: ThreadPoolExecutor):
+    """Yield batches of (item, Prepared | error text); worker threads decode at most one
+    batch ahead of the model (bounded, so a 3,000-item benchmark never sits in memory)."""
 
     def job(it: EvalItem):
         try:
@@ -421,7 +423,14 @@ def _prepare_all(runner: Runner, items: Sequence[EvalItem], pool: ThreadPoolExec
         except UserError as exc:  # VideoError, ManifestError: recorded, never a crash
             return it, str(exc)
 
-    return [pool.submit(job, it) for it in items]
+    bs = runner.settings.batch_size
+    todo, window = iter(items), deque()
+    while True:
+        while len(window) < 2 * bs and (it := next(todo, None)) is not None:
+            window.append(pool.submit(job, it))
+        if not window:
+            return
+        yield [window.popleft().result() for _ in range(min(bs, len(window)))]
 
 
 def answer_items(runner: Runner, items: Sequence[EvalItem], info: RunInfo,
@@ -436,14 +445,12 @@ def answer_items(runner: Runner, items: Sequence[EvalItem], info: RunInfo,
     done = _done_ids(info.out)
     mine = [it for i, it in enumerate(items) if i % info.world == info.rank]
     todo = [it for it in mine if it.id not in done]
-    bs, k, failed = runner.settings.batch_size, runner.gen["k"], 0
+    k, failed = runner.gen["k"], 0
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"eval rank {info.rank}",
                unit="q", disable=not progress, dynamic_ncols=True)
     with JsonlAppender(info.shard("predictions")) as log, \
             JsonlAppender(info.shard("failed")) as fails, ThreadPoolExecutor(2) as pool:
-        futures = _prepare_all(runner, todo, pool)
-        for s in range(0, len(futures), bs):
-            loaded = [f.result() for f in futures[s: s + bs]]
+        for loaded in _prepared_batches(runner, todo, pool):
             good = [p for _, p in loaded if isinstance(p, Prepared)]
             for it, p in loaded:
                 if not isinstance(p, Prepared):
