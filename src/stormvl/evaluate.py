@@ -35,6 +35,7 @@ import torch
 from stormvl.config import from_dict, to_dict
 from stormvl.data.manifest import JsonlAppender, read_jsonl_tolerant
 from stormvl.errors import UserError
+from stormvl.io import write_text_atomic
 from stormvl.tasks.base import EvalItem, load_clip
 from stormvl.training.config import METHODS, VideoConfig
 
@@ -285,8 +286,15 @@ class Runner:
         return Prepared(item, bb.encode(prompt), [int(i) for i in clip.indices], t_idx,
                         time.perf_counter() - t0)
 
-    def run(self, prepared: Sequence[Prepared], **overrides):
-        """Generate for a batch of prepared items; returns the engine's ``GenerateOutput``."""
+    def run(self, prepared: Sequence[Prepared], projector: torch.nn.Module | None = None,
+            **overrides):
+        """Generate for a batch of prepared items; returns the engine's ``GenerateOutput``.
+
+        Args:
+            projector: maps each latent state before it is fed back (the engine's hook;
+                diagnostics use it to swap / zero / perturb latents). None for evaluation.
+            overrides: generation settings for this call (max_new_tokens, do_sample, ...).
+        """
         from stormvl.latent import generate
 
         g = {**self.gen, **overrides}
@@ -294,7 +302,8 @@ class Runner:
         batch = bb.collate([p.encoded for p in prepared]).to(bb.device)
         return generate(bb, batch, max_new_tokens=g["max_new_tokens"], do_sample=g["do_sample"],
                         temperature=g["temperature"], top_p=g["top_p"],
-                        generator=self._torch_gen if g["do_sample"] else None)
+                        generator=self._torch_gen if g["do_sample"] else None,
+                        projector=projector)
 
     def generate(self, batch: Sequence[tuple[Sequence[str], str]], max_new_tokens: int = 16,
                  do_sample: bool = False, temperature: float = 0.0) -> list[str]:
@@ -394,10 +403,7 @@ def check_settings(out: Path, key: dict, write: bool) -> None:
                 "use another --out or delete it")
         return
     if write:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(key, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(key, indent=2, sort_keys=True) + "\n")
 
 
 def _row(p: Prepared, text: str, res, i: int, bsz: int, k: int, method: str) -> dict:
@@ -478,9 +484,8 @@ def merge_shards(info: RunInfo) -> list[dict]:
                     seen.add(str(r["id"]))
                     rows.append(r)
         if shards:
-            tmp = info.out / f".{kind}.jsonl.tmp"
-            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-            os.replace(tmp, info.out / f"{kind}.jsonl")
+            write_text_atomic(info.out / f"{kind}.jsonl",
+                              "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
             for f in shards:
                 f.unlink()
         merged[kind] = rows
@@ -582,9 +587,7 @@ def finalize(out: Path, benchmark: str, items: Sequence[EvalItem], preds: list[d
           f"- checkpoint sha: {settings['checkpoint_sha']}, frames sha: "
           f"{result['reproducibility']['frame_indices_sha256']}"]
     md += [f"- warning: {w}" for w in warnings]
-    tmp = out / ".results.md.tmp"
-    tmp.write_text("\n".join(md) + "\n")
-    os.replace(tmp, out / "results.md")
+    write_text_atomic(out / "results.md", "\n".join(md) + "\n")
     return result
 
 
