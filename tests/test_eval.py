@@ -124,6 +124,14 @@ def test_method_layouts(tmp_path, ckpts, data):
     t_res = json.loads((tmp_path / "t" / "results.json").read_text())
     assert t_res["reproducibility"]["generation"]["max_new_tokens"] == 256  # reasoning budget
     assert t_res["n_items"] == 1
+    plain = tmp_path / "plain"  # a Qwen-VL folder not trained by stormvl: direct, 16 frames
+    shutil.copytree(ckpts["direct"], plain)
+    (plain / "stormvl.json").unlink()
+    assert evaluate(plain, "synth", synth, tmp_path / "p", "--limit", "1",
+                    "--max-new-tokens", "2") == 0
+    p_res = json.loads((tmp_path / "p" / "results.json").read_text())
+    assert (p_res["reproducibility"]["method"], p_res["reproducibility"]["video"]["num_frames"]) \
+        == ("direct", 16)
 
 
 def test_textcot_scores_the_final_answer():

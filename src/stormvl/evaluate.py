@@ -40,6 +40,7 @@ from stormvl.tasks.base import EvalItem, load_clip
 from stormvl.training.config import METHODS, VideoConfig
 
 LATENT_METHODS = ("latent", "storm")
+PLAIN_MAX_VISUAL_TOKENS = 32768  # budget for checkpoints without stormvl.json
 _IMAGE_EXT = (".jpg", ".jpeg", ".png")
 
 
@@ -99,7 +100,6 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto")
     method = meta.get("method", "direct")
     if method not in METHODS:
         raise UserError(f"{p}/stormvl.json: field 'method' {method!r} is not one of {METHODS}")
-    video = from_dict(VideoConfig, meta.get("video_config") or {}, f"{p}/stormvl.json video_config")
     oracle = 0
     if method == "oracle":
         oracle = int(((meta.get("config") or {}).get("method") or {}).get("oracle_frames", 4))
@@ -107,6 +107,11 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto")
     if dtype == "auto":
         dtype = "bfloat16" if dev.startswith("cuda") else "float32"
     bb = load_backbone(str(p), dtype=getattr(torch, dtype), device=dev)
+    if meta.get("video_config"):
+        video = from_dict(VideoConfig, meta["video_config"], f"{p}/stormvl.json video_config")
+    else:  # not trained by stormvl: the issue's default of 16 uniform frames, a loose budget
+        bounds = {k: v for k, v in bb.video.to_dict().items() if v is not None}
+        video = VideoConfig(num_frames=16, max_visual_tokens=PLAIN_MAX_VISUAL_TOKENS, **bounds)
     k = int(meta.get("k") or 0) if method in LATENT_METHODS else 0
     return LoadedModel(bb, method, k, video, oracle, str(p.resolve()), meta)
 
@@ -368,7 +373,7 @@ def load_runner(pretrained: str, **settings: Any) -> Runner:
 
 
 @dataclass
-class RunInfo:
+class Shards:
     """Where this process writes and which share of the items it answers."""
 
     out: Path
@@ -439,7 +444,7 @@ def _prepared_batches(runner: Runner, items: Sequence[EvalItem], pool: ThreadPoo
         yield [window.popleft().result() for _ in range(min(bs, len(window)))]
 
 
-def answer_items(runner: Runner, items: Sequence[EvalItem], info: RunInfo,
+def answer_items(runner: Runner, items: Sequence[EvalItem], info: Shards,
                  progress: bool = True) -> int:
     """Answer this process's pending share of ``items``, one durable line each.
 
@@ -471,7 +476,7 @@ def answer_items(runner: Runner, items: Sequence[EvalItem], info: RunInfo,
     return failed
 
 
-def merge_shards(info: RunInfo) -> list[dict]:
+def merge_shards(info: Shards) -> list[dict]:
     """Rank 0, after the barrier: fold every shard into predictions.jsonl / failed.jsonl
     (first row per id wins), atomically, then drop the shards."""
     merged = {}
@@ -507,12 +512,14 @@ def run_eval(runner: Runner, benchmark: str, items: Sequence[EvalItem], out_dir:
     from stormvl.tasks import breakdowns
 
     barrier = barrier or (lambda: None)
+    if runner.settings.limit is not None and runner.settings.limit < 1:
+        raise UserError(f"--limit {runner.settings.limit}: must be >= 1")
     prompts_sha = _sha("\n".join(f"{it.id}\t{it.prompt}" for it in items))  # before --limit
     items = list(items)[: runner.settings.limit] if runner.settings.limit else list(items)
     if runner.model.oracle_frames and not all(it.meta.get("thought_video") for it in items):
         raise UserError(f"{benchmark}: the oracle checkpoint needs a thought video per item; "
                         "only suites with thought videos (synth) can evaluate it")
-    info = RunInfo(Path(out_dir), rank, world)
+    info = Shards(Path(out_dir), rank, world)
     desc = runner.describe(items[0].prompt if items else "")
     key = {"benchmark": benchmark, "data": str(Path(data).resolve()) if data else "",
            "subtitles": runner.settings.subtitles,
