@@ -163,7 +163,10 @@ def evaluate(
     if result is not None:
         print(render_table(result))
         if result["failed"]:
-            print(f"{result['failed']} videos failed to load (see {out / 'failed.jsonl'})")
+            print(f"{result['failed']} videos failed to load, counted as missing "
+                  f"(see {out / 'failed.jsonl'}):")
+            for f in result["failed_items"][:5]:
+                print(f"  {f['id']}: {f['error']}")
         print(f"wrote {out / 'results.json'}, {out / 'results.md'}")
 
 

@@ -431,7 +431,7 @@ def _prepared_batches(runner: Runner, items: Sequence[EvalItem], pool: ThreadPoo
     def job(it: EvalItem):
         try:
             return it, runner.prepare(it)
-        except UserError as exc:  # VideoError, ManifestError: recorded, never a crash
+        except (UserError, OSError) as exc:  # VideoError, corrupt frames: recorded, no crash
             return it, str(exc)
 
     bs = runner.settings.batch_size
