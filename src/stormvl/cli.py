@@ -149,15 +149,80 @@ def score(
 
 
 @app.command(name="eval")
-def evaluate() -> None:
+def evaluate(
+    model: str = typer.Option(..., "--model", help="A stormvl checkpoint folder."),
+    benchmark: str = typer.Option(
+        ..., "--benchmark", help="videomme | mvbench | tempcompass | mmvu | synth"),
+    data: Path = typer.Option(..., "--data", help="The benchmark's local dataset folder."),
+    out: Path = typer.Option(..., "--out", help="Output folder (re-run to resume)."),
+    frames: int | None = typer.Option(None, "--frames", help="Uniform frames (default: checkpoint's)."),
+    fps: float | None = typer.Option(None, "--fps", help="Sample frames by rate instead."),
+    k: int | None = typer.Option(None, "--k", help="Latent steps (latent/storm checkpoints)."),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first N items."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Questions per generate call."),
+    max_new_tokens: int | None = typer.Option(
+        None, "--max-new-tokens", help="Reply budget (default 16; textcot 256)."),
+    subtitles: bool = typer.Option(False, "--subtitles", help="VideoMME with subtitles."),
+    device: str = typer.Option("auto", "--device", help="cpu | cuda[:i] | auto."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+) -> None:
     """Run a trained model over a benchmark; resumable, with cost accounting."""
-    _not_ready("eval", 5)
+    import os
+
+    from stormvl.evaluate import EvalSettings, Runner, load_model, run_eval
+    from stormvl.tasks import load_benchmark
+    from stormvl.tasks.score import render_table
+
+    world, barrier, rank = int(os.environ.get("WORLD_SIZE", "1")), None, 0
+    if world > 1:  # accelerate launch / torchrun: data parallel, one process per device
+        import torch
+        from accelerate import PartialState
+
+        state = PartialState(cpu=not torch.cuda.is_available())
+        rank, barrier = state.process_index, state.wait_for_everyone
+    items = load_benchmark(benchmark, data, subtitles=subtitles, check_media=False)
+    settings = EvalSettings(num_frames=frames, fps=fps, k=k, limit=limit, batch_size=batch_size,
+                            max_new_tokens=max_new_tokens, subtitles=subtitles)
+    runner = Runner(load_model(model, device), settings)
+    for w in runner.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    result = run_eval(runner, benchmark, items, out, data, rank, world, barrier,
+                      progress and rank == 0)
+    if result is not None:
+        print(render_table(result))
+        if result["failed"]:
+            print(f"{result['failed']} videos failed to load, counted as missing "
+                  f"(see {out / 'failed.jsonl'}):")
+            for f in result["failed_items"][:5]:
+                print(f"  {f['id']}: {f['error']}")
+        print(f"wrote {out / 'results.json'}, {out / 'results.md'}")
 
 
 @app.command()
-def answer() -> None:
+def answer(
+    model: str = typer.Option(..., "--model", help="A stormvl checkpoint folder."),
+    video: Path = typer.Option(..., "--video", help="The video file."),
+    question: str = typer.Option(..., "--question", help="The question."),
+    option: list[str] = typer.Option(None, "--option", help="An answer option (repeat)."),
+    k: int | None = typer.Option(None, "--k", help="Latent steps (latent/storm checkpoints)."),
+    frames: int | None = typer.Option(None, "--frames", help="Uniform frames (default: checkpoint's)."),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="Reply budget."),
+    device: str = typer.Option("auto", "--device", help="cpu | cuda[:i] | auto."),
+) -> None:
     """Answer one question about one video, with latency."""
-    _not_ready("answer", 5)
+    from stormvl.evaluate import EvalSettings, Runner, answer_question, load_model
+
+    if not video.is_file():  # before loading a model: a typo should fail fast
+        raise UserError(f"--video {video}: file not found")
+    settings = EvalSettings(num_frames=frames, k=k, max_new_tokens=max_new_tokens)
+    runner = Runner(load_model(model, device), settings)
+    row = answer_question(runner, video, question, option or [])
+    lat = row["latency_s"]
+    print(row["response"])
+    print(f"latency: prefill {lat['prefill'] * 1000:.1f} ms, latent rollout "
+          f"{lat['rollout'] * 1000:.1f} ms, decode {lat['decode'] * 1000:.1f} ms "
+          f"({row['generated_tokens']} tokens, K = {row['latent_steps']}); "
+          f"video load {row['load_s'] * 1000:.1f} ms", file=sys.stderr)
 
 
 @app.command()
