@@ -7,6 +7,7 @@ becomes ``error: <message>`` on stderr and exit code 2.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
@@ -42,10 +43,70 @@ def audit() -> None:
     _not_ready("audit", 2)
 
 
-@app.command()
-def thoughts() -> None:
-    """Make thought videos for a manifest with a generator (sharded, resumable)."""
-    _not_ready("thoughts", 7)
+thoughts_app = typer.Typer(
+    add_completion=False,
+    help="Make thought videos for a manifest with a generator (sharded, resumable).",
+)
+app.add_typer(thoughts_app, name="thoughts")
+
+
+@thoughts_app.callback(invoke_without_command=True)
+def thoughts(
+    ctx: typer.Context,
+    manifest: Path | None = typer.Option(None, "--manifest", help="Input manifest (JSONL)."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder DIR."),
+    generator: str | None = typer.Option(None, "--generator", help="procedural, diffusers or degrade."),
+    config: Path | None = typer.Option(None, "--config", help="Generator config YAML."),
+    overrides: list[str] = typer.Option([], "--set", help="Config override key=value (repeatable)."),
+    shard: str | None = typer.Option(None, "--shard", help="Process rows with index % n == i (i/n)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate rows that are already done."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar with ETA."),
+) -> None:
+    """Make thought videos for a manifest with a generator (sharded, resumable).
+
+    Writes DIR/thoughts/<id>.mp4 and DIR/manifest.jsonl (or DIR/manifest.shard-i-of-n.jsonl),
+    then prints seconds per thought video and GPU memory (also in DIR/stats*.json).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from stormvl.thoughts import build_generator, parse_shard, run_thoughts
+
+    missing = [f for f, v in (("--manifest", manifest), ("--out", out), ("--generator", generator)) if v is None]
+    if missing:
+        raise UserError(f"stormvl thoughts: missing {', '.join(missing)}")
+    shard_t = parse_shard(shard)
+    gen = build_generator(generator, str(config) if config else None, overrides)
+    gen.load()  # missing weights / no GPU fail here, before any row is touched
+    stats = run_thoughts(manifest, out, gen, shard_t, overwrite, progress,
+                         log=lambda msg: typer.echo(msg, err=True))
+    _print_thought_stats(stats.summary(), len(stats.ids))
+
+
+@thoughts_app.command("merge")
+def thoughts_merge(
+    dirs: list[Path] = typer.Argument(..., help="Output folder(s) holding the shard results."),
+    out: Path | None = typer.Option(None, "--out", help="Merged folder (default: the first DIR)."),
+) -> None:
+    """Merge shard manifests into one DIR/manifest.jsonl, checking every shard finished."""
+    from stormvl.thoughts import merge_shards
+
+    stats = merge_shards(dirs, out)
+    typer.echo(f"merged {len(stats.ids)} rows from shards into {(out or dirs[0]) / 'manifest.jsonl'}")
+    _print_thought_stats(stats.summary(), len(stats.ids))
+
+
+def _print_thought_stats(summary: dict, rows: int) -> None:
+    spv = summary["seconds_per_video"]
+    gpu = summary["gpu"].get("max_allocated_bytes")
+    typer.echo(
+        f"rows {rows}: generated {summary['generated']}, resumed {summary['resumed']}, "
+        f"existing {summary['existing']}, skipped {summary['skipped']}"
+    )
+    typer.echo(
+        f"cost: {spv:.3f} s per thought video" if spv is not None else "cost: nothing generated"
+    )
+    if gpu is not None:
+        typer.echo(f"gpu memory: peak {gpu / 2**30:.2f} GiB allocated")
 
 
 @app.command()
