@@ -120,9 +120,9 @@ def parse_row(row: Any, where: str) -> Sample:
             names = "/".join(t.__name__ for t in types_)
             raise ManifestError(f"{where}: field '{key}' must be {names}, got {value!r}")
         kwargs[key] = value
-    if kwargs.get("start") is not None and kwargs.get("end") is not None:
-        if kwargs["end"] < kwargs["start"]:
-            raise ManifestError(f"{where}: field 'end' is before 'start'")
+    start, end = kwargs.get("start"), kwargs.get("end")
+    if start is not None and end is not None and end < start:
+        raise ManifestError(f"{where}: field 'end' is before 'start'")
     known = set(_REQUIRED) | set(_OPTIONAL_TYPES) | {"schema"}
     unknown = sorted(set(row) - known)
     if unknown:
