@@ -93,7 +93,8 @@ class Generator:
         """Default: one sample at a time. Backends that batch override this."""
         return [self.generate(s, c) for s, c in zip(samples, clips, strict=True)]
 
-    def output_fps(self, sample: Sample) -> float:
+    def output_fps(self, sample: Sample, clip: InputClip) -> float:
+        """Frame rate of the written thought video (the config's, unless a backend knows)."""
         return self.config.fps
 
     def memory_stats(self) -> dict[str, Any]:

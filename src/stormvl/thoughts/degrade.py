@@ -173,8 +173,8 @@ class DegradeGenerator(Generator):
     def generate(self, sample: Sample, clip: InputClip) -> np.ndarray:
         return self.generate_batch([sample], [clip])[0]
 
-    def output_fps(self, sample: Sample) -> float:
-        return self.inner.output_fps(sample)
+    def output_fps(self, sample: Sample, clip: InputClip) -> float:
+        return self.inner.output_fps(sample, clip)
 
     def memory_stats(self) -> dict[str, Any]:
         return self.inner.memory_stats()

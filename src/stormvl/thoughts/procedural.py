@@ -61,7 +61,6 @@ class ProceduralGenerator(Generator):
         item = self._item(sample)
         return check_video(item.thought, f"procedural({sample.id})")
 
-    def output_fps(self, sample: Sample) -> float:
-        # The renderer knows the suite's frame rate; fall back to the config otherwise.
-        meta_fps = sample.meta.get("fps") if sample.meta else None
-        return float(meta_fps) if isinstance(meta_fps, (int, float)) else self.config.fps
+    def output_fps(self, sample: Sample, clip: InputClip) -> float:
+        # The thought shares the input video's canvas and time axis, frame for frame.
+        return clip.info.fps

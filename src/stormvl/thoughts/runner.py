@@ -225,20 +225,20 @@ def _generate(gen: Generator, batch: list[_Row], out: Path, stats: RunStats, log
             _generate(gen, [r], out, stats, log)
         return
     per_video = (time.perf_counter() - t0) / len(ready)
-    for (row, _), frames in zip(ready, outs, strict=True):
-        _write(gen, row, frames, out)
+    for (row, clip), frames in zip(ready, outs, strict=True):
+        _write(gen, row, clip, frames, out)
         stats.generated += 1
         stats.seconds.append(per_video)
 
 
-def _write(gen: Generator, row: _Row, frames: np.ndarray, out: Path) -> None:
+def _write(gen: Generator, row: _Row, clip: InputClip, frames: np.ndarray, out: Path) -> None:
     frames = check_video(frames, f"{gen.name}({row.sample.id})")
     # H.264 4:2:0 needs even sizes: repeat the last row / column when odd.
     pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     name = thought_name(row.sample.id)
-    write_video(out / "thoughts" / name, frames, gen.output_fps(row.sample), gen.config.lossless)
+    write_video(out / "thoughts" / name, frames, gen.output_fps(row.sample, clip), gen.config.lossless)
     row.thought = f"thoughts/{name}"
 
 
