@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -95,3 +97,11 @@ def test_degrade_run_is_deterministic_across_shards(tmp_path):
         assert main([*base, "--out", str(tmp_path / "sh"), "--shard", f"{i}/2"]) == 0
     assert main(["thoughts", "merge", str(tmp_path / "sh")]) == 0
     assert outputs(tmp_path / "sh") == outputs(tmp_path / "full")
+
+
+def test_every_shipped_thoughts_config_loads():
+    configs = sorted((Path(__file__).parents[1] / "configs" / "thoughts").glob("*.yaml"))
+    assert len(configs) >= 4
+    for path in configs:
+        gen = build_generator(path.stem.split("_")[0], str(path))  # file name = generator name
+        assert gen.config.seed == 0

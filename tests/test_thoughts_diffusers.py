@@ -15,7 +15,7 @@ import yaml
 from stormvl.cli import main
 from stormvl.data.manifest import Sample, read_manifest
 from stormvl.data.video import decode_frames
-from stormvl.errors import ConfigError
+from stormvl.errors import ConfigError, UserError
 from stormvl.thoughts import build_generator, run_thoughts
 from stormvl.thoughts.diffusers_gen import build_prompt, save_tiny_pipeline
 from test_thoughts_runner import make_dataset, outputs
@@ -152,3 +152,15 @@ def test_prompt_template(tmp_path):
     assert build_prompt("{question} {rationale}", s) == "Where does it go?"
     with pytest.raises(ConfigError, match=r"prompt_template: unknown field\(s\) \['answr'\]"):
         build_generator("diffusers", None, ["prompt_template=Q {answr}"])
+
+
+def test_pipeline_class_override(tmp_path, tiny, capsys):
+    gen = build_generator("diffusers", config(tmp_path, tiny, pipeline_class="LTXImageToVideoPipeline"))
+    gen.load()
+    assert type(gen.pipe).__name__ == "LTXImageToVideoPipeline"
+    with pytest.raises(UserError, match="not an image-to-video pipeline"):
+        build_generator("diffusers", config(tmp_path, tiny, pipeline_class="LTXPipeline")).load()
+    with pytest.raises(UserError, match="'Nope' is not a diffusers pipeline"):
+        build_generator("diffusers", config(tmp_path, tiny, pipeline_class="Nope")).load()
+    with pytest.raises(UserError, match="multiples of 32"):
+        build_generator("diffusers", config(tmp_path, tiny, height=40)).load()

@@ -43,6 +43,7 @@ class DiffusersConfig(GenConfig):
     """An image-to-video pipeline, its sampling settings and the prompt template."""
 
     model: str = ""  # Hugging Face model id or local diffusers pipeline folder
+    pipeline_class: str = ""  # e.g. LTXImageToVideoPipeline; "" = the folder's model_index.json
     local_files_only: bool = False  # never reach the network for a model id
     device: str = "cuda"  # "cuda", "cuda:N"; "cpu" only for tiny test pipelines
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
@@ -123,7 +124,12 @@ class DiffusersGenerator(Generator):
         except ImportError:
             raise UserError("diffusers: not installed (pip install 'stormvl[gen]')") from None
         dtype = getattr(torch, cfg.dtype)
-        pipe = _load_pipeline(diffusers, cfg.model, dtype, cfg.local_files_only)
+        cls = diffusers.DiffusionPipeline
+        if cfg.pipeline_class:
+            cls = getattr(diffusers, cfg.pipeline_class, None)
+            if not (isinstance(cls, type) and issubclass(cls, diffusers.DiffusionPipeline)):
+                raise UserError(f"diffusers: pipeline_class {cfg.pipeline_class!r} is not a diffusers pipeline")
+        pipe = _load_pipeline(cls, cfg.model, dtype, cfg.local_files_only)
         params = inspect.signature(pipe.__call__).parameters
         if not {"image", "prompt", "num_frames"} <= set(params):
             raise UserError(f"diffusers: {cfg.model} is a {type(pipe).__name__}, not an image-to-video pipeline")
@@ -189,7 +195,7 @@ class DiffusersGenerator(Generator):
         }
 
 
-def _load_pipeline(diffusers: Any, model: str, dtype: Any, local_files_only: bool) -> Any:
+def _load_pipeline(cls: Any, model: str, dtype: Any, local_files_only: bool) -> Any:
     """Load a pipeline; every way it can fail becomes a UserError naming the model."""
     local = Path(model).expanduser()
     looks_local = model.startswith(("/", ".", "~")) or model.count("/") != 1
@@ -203,7 +209,7 @@ def _load_pipeline(diffusers: Any, model: str, dtype: Any, local_files_only: boo
     else:
         source = model
     try:
-        return diffusers.DiffusionPipeline.from_pretrained(
+        return cls.from_pretrained(
             source, dtype=dtype, local_files_only=local_files_only
         )
     except Exception as exc:  # hub / cache / corrupt-weight errors have many types
