@@ -151,7 +151,10 @@ def test_merge_refuses_incomplete_or_mixed_shards(tmp_path, capsys):
 
 
 def test_bad_rows_are_reported_skipped_and_counted(tmp_path, capsys):
-    man = make_dataset(tmp_path / "in", n=5)
+    man = make_dataset(tmp_path / "in", n=6)
+    rows = read_manifest(man)
+    rows[5].video = "../outside.mp4"  # escapes the manifest's folder
+    write_manifest(man, rows)
     (tmp_path / "in" / "media" / "v1.mp4").unlink()  # missing
     (tmp_path / "in" / "media" / "v3.mp4").write_bytes(b"not a video at all")  # unreadable
     out = tmp_path / "out"
@@ -159,10 +162,11 @@ def test_bad_rows_are_reported_skipped_and_counted(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "skip s1" in captured.err and "v1.mp4" in captured.err
     assert "skip s3" in captured.err and "skip s4" in captured.err
-    assert "skipped 3" in captured.out
+    assert "skip s5" in captured.err and "escapes the media root" in captured.err
+    assert "skipped 4" in captured.out
     assert [r.id for r in read_manifest(out / "manifest.jsonl")] == ["s0", "s2"]
     stats = json.loads((out / "stats.json").read_text())
-    assert sorted(s["id"] for s in stats["skipped"]) == ["s1", "s3", "s4"]
+    assert sorted(s["id"] for s in stats["skipped"]) == ["s1", "s3", "s4", "s5"]
 
 
 def test_rows_with_a_thought_video_are_kept_not_regenerated(tmp_path):

@@ -240,7 +240,7 @@ def save_tiny_pipeline(path: str | Path, seed: int = 0) -> Path:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=64
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=128
     )
     torch.manual_seed(seed)
     text_encoder = T5EncoderModel(T5Config(

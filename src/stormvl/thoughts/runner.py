@@ -173,30 +173,33 @@ def _prepare(rows: list[Sample], root: Path, out: Path, overwrite: bool, stats: 
     pending: list[_Row] = []
     for s in rows:
         try:
-            video = resolve_media(root, s.video, f"row {s.id!r}: field 'video'")
-            probe(video)
+            row = _classify(s, root, out, overwrite, stats, log)
         except (VideoError, ManifestError) as exc:
             stats.skipped.append({"id": s.id, "reason": str(exc)})
             log(f"skip {s.id}: {exc}")
             continue
-        row = _Row(s, video, media_in(out, video, "videos", s.video))
-        target = out / "thoughts" / thought_name(s.id)
-        if not overwrite and s.thought_video:
-            src = resolve_media(root, s.thought_video, f"row {s.id!r}: field 'thought_video'")
-            if src.is_file():
-                name = Path(thought_name(s.id)).with_suffix(src.suffix or ".mp4").name
-                row.thought = media_in(out, src, "thoughts", name)
-                stats.existing += 1
-                done.append(row)
-                continue
-            log(f"row {s.id}: thought_video {s.thought_video} not found, generating it")
-        if not overwrite and target.is_file() and decodes(target):
-            row.thought = f"thoughts/{target.name}"
-            stats.resumed += 1
-            done.append(row)
-            continue
-        pending.append(row)
+        (pending if row.thought is None else done).append(row)
     return done, pending
+
+
+def _classify(s: Sample, root: Path, out: Path, overwrite: bool, stats: RunStats, log: Log) -> _Row:
+    """A row with ``thought`` set when it is already done; raises for a bad input video."""
+    video = resolve_media(root, s.video, f"row {s.id!r}: field 'video'")
+    probe(video)
+    row = _Row(s, video, media_in(out, video, "videos", s.video))
+    if not overwrite and s.thought_video:
+        src = resolve_media(root, s.thought_video, f"row {s.id!r}: field 'thought_video'")
+        if src.is_file():
+            name = Path(thought_name(s.id)).with_suffix(src.suffix or ".mp4").name
+            row.thought = media_in(out, src, "thoughts", name)
+            stats.existing += 1
+            return row
+        log(f"row {s.id}: thought_video {s.thought_video} not found, generating it")
+    target = out / "thoughts" / thought_name(s.id)
+    if not overwrite and target.is_file() and decodes(target):
+        row.thought = f"thoughts/{target.name}"
+        stats.resumed += 1
+    return row
 
 
 def _generate(gen: Generator, batch: list[_Row], out: Path, stats: RunStats, log: Log) -> None:
