@@ -207,3 +207,26 @@ def test_odd_ids_get_safe_unique_file_names():
     names = {thought_name(i) for i in ("a/b", "a_b", "../x", "a b", "ok-1.2")}
     assert len(names) == 5 and "ok-1.2.mp4" in names
     assert all("/" not in n and not n.startswith(".") for n in names)
+
+
+def test_resume_trusts_the_done_log_and_overwrite_starts_clean(tmp_path, monkeypatch):
+    import stormvl.thoughts.runner as runner
+
+    man = make_dataset(tmp_path / "in", n=4)
+    out = tmp_path / "out"
+    run_thoughts(man, out, ToyGenerator(ToyConfig()), progress=False)
+    checked = []
+    real = runner.decodes
+    monkeypatch.setattr(runner, "decodes", lambda p: checked.append(p.name) or real(p))
+    stats = run_thoughts(man, out, ToyGenerator(ToyConfig()), progress=False)
+    assert (stats.resumed, stats.generated, checked) == (4, 0, [])  # logged: no decoding
+    (out / "done.jsonl").unlink()  # log lost: files are decoded once instead
+    stats = run_thoughts(man, out, ToyGenerator(ToyConfig()), progress=False)
+    assert (stats.resumed, len(checked)) == (4, 4)
+    # A killed --overwrite run must not resume files from before the overwrite.
+    gen = ToyGenerator(ToyConfig(seed=5))
+    gen.kill_after = 1
+    with pytest.raises(KeyboardInterrupt):
+        run_thoughts(man, out, gen, overwrite=True, progress=False)
+    stats = run_thoughts(man, out, ToyGenerator(ToyConfig(seed=5)), progress=False)
+    assert (stats.resumed, stats.generated) == (1, 3)

@@ -7,14 +7,15 @@ Layout of an output folder ``DIR``::
     DIR/manifest.jsonl             the input rows with ``thought_video`` filled
     DIR/stats.json                 seconds per thought video, GPU memory, skipped rows
     DIR/run.json                   generator + config + input, checked on resume
+    DIR/done.jsonl                 durable log of written videos (fast resume)
 
 With ``--shard i/n`` the manifest and stats are ``manifest.shard-i-of-n.jsonl`` and
 ``stats.shard-i-of-n.json``; ``merge`` joins them. Media paths in the output manifest are
 relative to ``DIR`` and never climb out of it (``resolve_media`` refuses that), which is why
 input videos outside ``DIR`` are linked in rather than referenced with ``..``.
 
-Resume rule: a row is done when its thought video exists and decodes (or the input row
-already had one). Videos are written atomically, so a killed run loses at most the batch in
+Resume rule: a row is done when the input row already had a thought video, or its output
+exists and is either in the done-log with the same size or decodes. Videos are written atomically, so a killed run loses at most the batch in
 flight; the manifest and stats are written once at the end.
 """
 
@@ -37,7 +38,14 @@ import numpy as np
 from tqdm import tqdm
 
 from stormvl.config import to_dict
-from stormvl.data.manifest import Sample, read_manifest, resolve_media, write_manifest
+from stormvl.data.manifest import (
+    JsonlAppender,
+    Sample,
+    read_jsonl_tolerant,
+    read_manifest,
+    resolve_media,
+    write_manifest,
+)
 from stormvl.data.video import decode_frames, probe, write_video
 from stormvl.errors import ManifestError, UserError, VideoError
 from stormvl.thoughts.base import Generator, InputClip, check_video
@@ -167,82 +175,95 @@ class _Row:
     thought: str | None = None  # thought video relative to DIR once done
 
 
-def _prepare(rows: list[Sample], root: Path, out: Path, overwrite: bool, stats: RunStats, log: Log):
-    """Sort assigned rows into done (existing / resumed) and pending; skip bad ones."""
-    done: list[_Row] = []
-    pending: list[_Row] = []
-    for s in rows:
+class _Job:
+    """One invocation over the rows assigned to this shard.
+
+    Every written video is also appended to a durable done-log (id, file, size), so a resume
+    trusts logged files without decoding them; unlogged files are decoded once.
+    """
+
+    def __init__(self, gen: Generator, root: Path, out: Path, stats: RunStats, done_log: Path,
+                 overwrite: bool, log: Log):
+        self.gen, self.root, self.out, self.stats, self.log = gen, root, out, stats, log
+        self.overwrite = overwrite
+        if overwrite and done_log.exists():
+            done_log.unlink()
+        self.logged = {r["id"]: r for r in read_jsonl_tolerant(done_log)}
+        self.appender = JsonlAppender(done_log)
+
+    def skip(self, sample: Sample, reason: object) -> None:
+        self.stats.skipped.append({"id": sample.id, "reason": str(reason)})
+        self.log(f"skip {sample.id}: {reason}")
+
+    def classify(self, s: Sample) -> _Row | None:
+        """A row (``thought`` set when already done), or None when its input is bad."""
         try:
-            row = _classify(s, root, out, overwrite, stats, log)
+            video = resolve_media(self.root, s.video, f"row {s.id!r}: field 'video'")
+            probe(video)
+            row = _Row(s, video, media_in(self.out, video, "videos", s.video))
+            if not self.overwrite and s.thought_video:
+                src = resolve_media(self.root, s.thought_video, f"row {s.id!r}: field 'thought_video'")
+                if src.is_file():
+                    name = Path(thought_name(s.id)).with_suffix(src.suffix or ".mp4").name
+                    row.thought = media_in(self.out, src, "thoughts", name)
+                    self.stats.existing += 1
+                    return row
+                self.log(f"row {s.id}: thought_video {s.thought_video} not found, generating it")
         except (VideoError, ManifestError) as exc:
-            stats.skipped.append({"id": s.id, "reason": str(exc)})
-            log(f"skip {s.id}: {exc}")
-            continue
-        (pending if row.thought is None else done).append(row)
-    return done, pending
+            self.skip(s, exc)
+            return None
+        target = self.out / "thoughts" / thought_name(s.id)
+        if self.overwrite:
+            target.unlink(missing_ok=True)  # a killed --overwrite run must not resume old files
+        elif target.is_file() and (self._logged(s.id, target) or decodes(target)):
+            row.thought = f"thoughts/{target.name}"
+            self.stats.resumed += 1
+        return row
 
+    def _logged(self, sample_id: str, target: Path) -> bool:
+        entry = self.logged.get(sample_id)
+        return bool(entry) and entry["file"] == target.name and entry["bytes"] == target.stat().st_size
 
-def _classify(s: Sample, root: Path, out: Path, overwrite: bool, stats: RunStats, log: Log) -> _Row:
-    """A row with ``thought`` set when it is already done; raises for a bad input video."""
-    video = resolve_media(root, s.video, f"row {s.id!r}: field 'video'")
-    probe(video)
-    row = _Row(s, video, media_in(out, video, "videos", s.video))
-    if not overwrite and s.thought_video:
-        src = resolve_media(root, s.thought_video, f"row {s.id!r}: field 'thought_video'")
-        if src.is_file():
-            name = Path(thought_name(s.id)).with_suffix(src.suffix or ".mp4").name
-            row.thought = media_in(out, src, "thoughts", name)
-            stats.existing += 1
-            return row
-        log(f"row {s.id}: thought_video {s.thought_video} not found, generating it")
-    target = out / "thoughts" / thought_name(s.id)
-    if not overwrite and target.is_file() and decodes(target):
-        row.thought = f"thoughts/{target.name}"
-        stats.resumed += 1
-    return row
-
-
-def _generate(gen: Generator, batch: list[_Row], out: Path, stats: RunStats, log: Log) -> None:
-    """Decode inputs, generate and write one batch; bad rows are skipped and counted."""
-    ready: list[tuple[_Row, InputClip]] = []
-    for row in batch:
-        try:
-            info = probe(row.video)
-            idx = gen.frame_indices(row.sample, info)
-            frames, fps = decode_frames(row.video, idx)
-            ready.append((row, InputClip(frames, idx.astype(np.float64) / fps, info)))
-        except VideoError as exc:
-            stats.skipped.append({"id": row.sample.id, "reason": str(exc)})
-            log(f"skip {row.sample.id}: {exc}")
-    if not ready:
-        return
-    t0 = time.perf_counter()
-    try:
-        outs = gen.generate_batch([r.sample for r, _ in ready], [c for _, c in ready])
-    except UserError as exc:
-        if len(ready) == 1:  # a row the generator cannot handle (e.g. not a suite row)
-            stats.skipped.append({"id": ready[0][0].sample.id, "reason": str(exc)})
-            log(f"skip {ready[0][0].sample.id}: {exc}")
+    def generate(self, batch: list[_Row]) -> None:
+        """Decode inputs, generate and write one batch; bad rows are skipped and counted."""
+        ready: list[tuple[_Row, InputClip]] = []
+        for row in batch:
+            try:
+                info = probe(row.video)
+                idx = self.gen.frame_indices(row.sample, info)
+                frames, fps = decode_frames(row.video, idx)
+                ready.append((row, InputClip(frames, idx.astype(np.float64) / fps, info)))
+            except VideoError as exc:
+                self.skip(row.sample, exc)
+        if not ready:
             return
-        for r, _ in ready:  # find the row(s) at fault, keep the rest of the batch
-            _generate(gen, [r], out, stats, log)
-        return
-    per_video = (time.perf_counter() - t0) / len(ready)
-    for (row, clip), frames in zip(ready, outs, strict=True):
-        _write(gen, row, clip, frames, out)
-        stats.generated += 1
-        stats.seconds.append(per_video)
+        t0 = time.perf_counter()
+        try:
+            outs = self.gen.generate_batch([r.sample for r, _ in ready], [c for _, c in ready])
+        except UserError as exc:
+            if len(ready) == 1:  # a row the generator cannot handle (e.g. not a suite row)
+                self.skip(ready[0][0].sample, exc)
+                return
+            for r, _ in ready:  # find the row(s) at fault, keep the rest of the batch
+                self.generate([r])
+            return
+        per_video = (time.perf_counter() - t0) / len(ready)
+        for (row, clip), frames in zip(ready, outs, strict=True):
+            self.write(row, clip, frames)
+            self.stats.generated += 1
+            self.stats.seconds.append(per_video)
 
-
-def _write(gen: Generator, row: _Row, clip: InputClip, frames: np.ndarray, out: Path) -> None:
-    frames = check_video(frames, f"{gen.name}({row.sample.id})")
-    # H.264 4:2:0 needs even sizes: repeat the last row / column when odd.
-    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
-    if pad_h or pad_w:
-        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    name = thought_name(row.sample.id)
-    write_video(out / "thoughts" / name, frames, gen.output_fps(row.sample, clip), gen.config.lossless)
-    row.thought = f"thoughts/{name}"
+    def write(self, row: _Row, clip: InputClip, frames: np.ndarray) -> None:
+        frames = check_video(frames, f"{self.gen.name}({row.sample.id})")
+        # H.264 4:2:0 needs even sizes: repeat the last row / column when odd.
+        pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+        if pad_h or pad_w:
+            frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        name = thought_name(row.sample.id)
+        path = self.out / "thoughts" / name
+        write_video(path, frames, self.gen.output_fps(row.sample, clip), self.gen.config.lossless)
+        self.appender.write({"id": row.sample.id, "file": name, "bytes": path.stat().st_size})
+        row.thought = f"thoughts/{name}"
 
 
 def run_thoughts(
@@ -265,7 +286,6 @@ def run_thoughts(
         UserError: bad manifest, --out that would overwrite the input, or a resume of
             ``out`` with a different generator / config.
     """
-    log = log or (lambda _msg: None)
     manifest = Path(manifest).resolve()
     out = Path(out)
     samples = read_manifest(manifest)
@@ -280,14 +300,18 @@ def run_thoughts(
     out.mkdir(parents=True, exist_ok=True)
     record = {"generator": gen.name, "config": to_dict(gen.config), "input": str(manifest)}
     _check_run_record(out, record, overwrite)
-    done, pending = _prepare(rows, manifest.parent, out, overwrite, stats, log)
+    done_log = out / man_name.replace("manifest", "done", 1)
+    job = _Job(gen, manifest.parent, out, stats, done_log, overwrite, log or (lambda _msg: None))
+    classified = [r for r in map(job.classify, rows) if r is not None]
+    pending = [r for r in classified if r.thought is None]
     bs = gen.config.batch_size
-    with tqdm(total=len(rows), initial=len(rows) - len(pending), unit="video",
-              desc=f"thoughts[{gen.name}]", disable=not progress, dynamic_ncols=True) as bar:
+    with job.appender, tqdm(total=len(rows), initial=len(rows) - len(pending), unit="video",
+                            desc=f"thoughts[{gen.name}]", disable=not progress,
+                            dynamic_ncols=True) as bar:
         for k in range(0, len(pending), bs):
-            _generate(gen, pending[k : k + bs], out, stats, log)
+            job.generate(pending[k : k + bs])
             bar.update(len(pending[k : k + bs]))
-    by_id = {r.sample.id: r for r in done + pending if r.thought}
+    by_id = {r.sample.id: r for r in classified if r.thought}
     result = [dataclasses.replace(s, video=by_id[s.id].out_video, thought_video=by_id[s.id].thought)
               for s in rows if s.id in by_id]
     stats.gpu = gen.memory_stats()
