@@ -95,7 +95,7 @@ def test_run_writes_videos_manifest_and_stats(tmp_path):
     assert len(stats["seconds"]) == 5
 
 
-def test_resume_after_kill_loses_nothing(tmp_path):
+def test_resume_after_kill_loses_nothing(tmp_path, capsys):
     man = make_dataset(tmp_path / "in")
     straight = tmp_path / "straight"
     assert cli("--manifest", man, "--out", straight, "--generator", "toy") == 0
@@ -110,7 +110,9 @@ def test_resume_after_kill_loses_nothing(tmp_path):
     (out / "thoughts" / "s1.mp4").write_bytes(b"\x00" * 100)
     # run.json pins the config: resuming with a different one is refused.
     assert cli("--manifest", man, "--out", out, "--generator", "toy", "--set", "seed=3") == 2
-    stats = run_thoughts(man, out, ToyGenerator(ToyConfig()), progress=False)
+    assert "different config" in capsys.readouterr().err
+    # Batch size is a runtime setting: resuming with another one is fine.
+    stats = run_thoughts(man, out, ToyGenerator(ToyConfig(batch_size=3)), progress=False)
     assert (stats.resumed, stats.generated) == (1, 4)
     assert outputs(out) == outputs(straight)
 

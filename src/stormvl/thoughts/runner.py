@@ -150,6 +150,17 @@ def decodes(path: Path) -> bool:
     return True
 
 
+# Settings that change speed or placement, not the videos: a resume may change them.
+RUNTIME_KEYS = frozenset({"batch_size", "device", "cpu_offload", "local_files_only"})
+
+
+def _output_settings(cfg: Any) -> Any:
+    """The config as plain data without RUNTIME_KEYS (also inside nested configs)."""
+    if isinstance(cfg, dict):
+        return {k: _output_settings(v) for k, v in cfg.items() if k not in RUNTIME_KEYS}
+    return cfg
+
+
 def _check_run_record(out: Path, record: dict, overwrite: bool) -> None:
     """Refuse to resume ``out`` with a different generator, config or input manifest."""
     path = out / "run.json"
@@ -298,7 +309,8 @@ def run_thoughts(
                      [s.id for s in rows])
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    record = {"generator": gen.name, "config": to_dict(gen.config), "input": str(manifest)}
+    record = {"generator": gen.name, "config": _output_settings(to_dict(gen.config)),
+              "input": str(manifest)}
     _check_run_record(out, record, overwrite)
     done_log = out / man_name.replace("manifest", "done", 1)
     job = _Job(gen, manifest.parent, out, stats, done_log, overwrite, log or (lambda _msg: None))
