@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +29,7 @@ class ToyConfig(GenConfig):
     input_frames: int = 3
     lossless: bool = True
     reject: str = ""  # a sample id the toy refuses with a UserError
+    sleep: float = 0.0  # seconds per video (to kill a real process mid-run)
 
 
 class ToyGenerator(Generator):
@@ -38,6 +44,7 @@ class ToyGenerator(Generator):
         if self.made == self.kill_after:
             raise KeyboardInterrupt
         self.made += 1
+        time.sleep(self.config.sleep)
         rng = np.random.default_rng(sample_seed(self.config.seed, sample.id))
         offset = int(rng.integers(10, 100))
         return ((clip.frames.astype(np.int32) + offset) % 256).astype(np.uint8)  # (T, H, W, 3)
@@ -232,3 +239,27 @@ def test_resume_trusts_the_done_log_and_overwrite_starts_clean(tmp_path, monkeyp
         run_thoughts(man, out, gen, overwrite=True, progress=False)
     stats = run_thoughts(man, out, ToyGenerator(ToyConfig(seed=5)), progress=False)
     assert (stats.resumed, stats.generated) == (1, 3)
+
+
+def test_sigkill_mid_run_then_resume(tmp_path):
+    """A real process killed with SIGKILL (no cleanup at all) resumes without loss."""
+    man = make_dataset(tmp_path / "in", n=6)
+    straight = tmp_path / "straight"
+    assert cli("--manifest", man, "--out", straight, "--generator", "toy") == 0
+    out = tmp_path / "out"
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_thoughts_runner; "
+            "from stormvl.cli import main; sys.exit(main(sys.argv[1:]))")
+    args = ["thoughts", "--manifest", str(man), "--out", str(out), "--generator", "toy",
+            "--set", "sleep=0.2", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list((out / "thoughts").glob("*.mp4"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list((out / "thoughts").glob("*.mp4")))
+    assert 2 <= done < 6 and not (out / "manifest.jsonl").exists()
+    stats = run_thoughts(man, out, ToyGenerator(ToyConfig(sleep=0.2)), progress=False)
+    assert stats.resumed + stats.generated == 6 and stats.resumed >= 2
+    assert outputs(out) == outputs(straight)

@@ -79,7 +79,7 @@ def thoughts(
     gen.load()  # missing weights / no GPU fail here, before any row is touched
     stats = run_thoughts(manifest, out, gen, shard_t, overwrite, progress,
                          log=lambda msg: typer.echo(msg, err=True))
-    _print_thought_stats(stats.summary(), len(stats.ids))
+    typer.echo("\n".join(stats.describe()))
 
 
 @thoughts_app.command("merge")
@@ -92,21 +92,7 @@ def thoughts_merge(
 
     stats = merge_shards(dirs, out)
     typer.echo(f"merged {len(stats.ids)} rows from shards into {(out or dirs[0]) / 'manifest.jsonl'}")
-    _print_thought_stats(stats.summary(), len(stats.ids))
-
-
-def _print_thought_stats(summary: dict, rows: int) -> None:
-    spv = summary["seconds_per_video"]
-    gpu = summary["gpu"].get("max_allocated_bytes")
-    typer.echo(
-        f"rows {rows}: generated {summary['generated']}, resumed {summary['resumed']}, "
-        f"existing {summary['existing']}, skipped {summary['skipped']}"
-    )
-    typer.echo(
-        f"cost: {spv:.3f} s per thought video" if spv is not None else "cost: nothing generated"
-    )
-    if gpu is not None:
-        typer.echo(f"gpu memory: peak {gpu / 2**30:.2f} GiB allocated")
+    typer.echo("\n".join(stats.describe()))
 
 
 @app.command()

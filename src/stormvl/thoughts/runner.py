@@ -88,6 +88,19 @@ class RunStats:
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "summary": self.summary()}
 
+    def describe(self) -> list[str]:
+        """Counts and cost as the lines the CLI prints at the end."""
+        s = self.summary()
+        spv, gpu = s["seconds_per_video"], s["gpu"].get("max_allocated_bytes")
+        lines = [
+            f"rows {len(self.ids)}: generated {s['generated']}, resumed {s['resumed']}, "
+            f"existing {s['existing']}, skipped {s['skipped']}",
+            f"cost: {spv:.3f} s per thought video" if spv is not None else "cost: nothing generated",
+        ]
+        if gpu is not None:
+            lines.append(f"gpu memory: peak {gpu / 2**30:.2f} GiB allocated")
+        return lines
+
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
     """``"i/n"`` -> (i, n); raises UserError naming the flag."""
