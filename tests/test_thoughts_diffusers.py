@@ -164,3 +164,18 @@ def test_pipeline_class_override(tmp_path, tiny, capsys):
         build_generator("diffusers", config(tmp_path, tiny, pipeline_class="Nope")).load()
     with pytest.raises(UserError, match="multiples of 32"):
         build_generator("diffusers", config(tmp_path, tiny, height=40)).load()
+
+
+def test_batched_call_matches_per_sample_calls(tmp_path, tiny, data):
+    """Pipelines that cannot take one image per prompt (Wan) are called per sample."""
+    gen = build_generator("diffusers", config(tmp_path, tiny, batch_size=2))
+    gen.load()
+    assert gen.batches_images  # LTX takes a batch of images
+    samples = read_manifest(data)[:2]
+    clips = [_clip(data, s, gen) for s in samples]
+    batched = gen.generate_batch(samples, clips)
+    gen.batches_images = False
+    single = gen.generate_batch(samples, clips)
+    for a, b in zip(batched, single, strict=True):
+        assert a.shape == b.shape == (9, 20, 28, 3)
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 2  # float summation order only

@@ -29,12 +29,14 @@ DEFAULT_PROMPT = (
     "The video continues and shows what answers the question: {question} "
     "Answer: {answer}. {rationale}"
 )
-# Height / width multiples the known pipelines check (their check_inputs), so a bad size
-# fails at load rather than on the first batch.
-_SIZE_MULTIPLE = {
-    "LTXImageToVideoPipeline": 32,
-    "WanImageToVideoPipeline": 16,
-    "CogVideoXImageToVideoPipeline": 8,
+# What the known pipelines need (from their check_inputs / prepare_latents in diffusers
+# 0.42): the height / width multiple, so a bad size fails at load rather than on the first
+# batch, and whether one call takes a different image per prompt. Wan's I2V call encodes
+# the whole image batch once per generator, so it is called one sample at a time.
+_PIPELINES = {
+    "LTXImageToVideoPipeline": (32, True),
+    "CogVideoXImageToVideoPipeline": (8, True),
+    "WanImageToVideoPipeline": (16, False),
 }
 
 
@@ -107,6 +109,7 @@ class DiffusersGenerator(Generator):
     def __init__(self, config: DiffusersConfig):
         super().__init__(config)
         self.pipe: Any = None
+        self.batches_images = False  # one pipeline call per batch (else per sample)
 
     def load(self) -> None:
         cfg = self.config
@@ -133,7 +136,7 @@ class DiffusersGenerator(Generator):
         params = inspect.signature(pipe.__call__).parameters
         if not {"image", "prompt", "num_frames"} <= set(params):
             raise UserError(f"diffusers: {cfg.model} is a {type(pipe).__name__}, not an image-to-video pipeline")
-        mult = _SIZE_MULTIPLE.get(type(pipe).__name__, 1)
+        mult, self.batches_images = _PIPELINES.get(type(pipe).__name__, (1, False))
         if cfg.height % mult or cfg.width % mult:
             raise UserError(
                 f"diffusers: height/width {cfg.height}x{cfg.width} must be multiples of {mult} "
@@ -156,6 +159,11 @@ class DiffusersGenerator(Generator):
         return np.array([last], dtype=np.int64)
 
     def generate_batch(self, samples: list[Sample], clips: list[InputClip]) -> list[np.ndarray]:
+        if not self.batches_images and len(samples) > 1:
+            return [v for s, c in zip(samples, clips, strict=True) for v in self._call([s], [c])]
+        return self._call(samples, clips)
+
+    def _call(self, samples: list[Sample], clips: list[InputClip]) -> list[np.ndarray]:
         import torch
 
         cfg = self.config
@@ -165,7 +173,7 @@ class DiffusersGenerator(Generator):
         gens = [torch.Generator("cpu").manual_seed(sample_seed(cfg.seed, s.id)) for s in samples]
         with torch.inference_mode():
             out = self.pipe(
-                image=images,
+                image=images if len(images) > 1 else images[0],
                 prompt=[build_prompt(cfg.prompt_template, s) for s in samples],
                 negative_prompt=cfg.negative_prompt or None,
                 height=cfg.height,
