@@ -45,6 +45,7 @@ def audit() -> None:
 
 thoughts_app = typer.Typer(
     add_completion=False,
+    no_args_is_help=True,
     help="Make thought videos for a manifest with a generator (sharded, resumable).",
 )
 app.add_typer(thoughts_app, name="thoughts")
