@@ -109,9 +109,47 @@ def export() -> None:
 
 
 @app.command()
-def score() -> None:
+def score(
+    benchmark: str = typer.Option(
+        ..., "--benchmark", help="videomme | mvbench | tempcompass | mmvu | synth"),
+    data: Path = typer.Option(..., "--data", help="The benchmark's local dataset folder."),
+    predictions: Path = typer.Option(
+        ..., "--predictions", help='JSONL lines {"id": ..., "response": "..."}.'),
+    out: Path | None = typer.Option(None, "--out", help="Write results JSON here."),
+    subtitles: bool = typer.Option(
+        False, "--subtitles", help="VideoMME: the replies came from the with-subtitles prompt."),
+    judge_url: str | None = typer.Option(
+        None, "--judge-url", help="OpenAI-compatible base URL of an LLM judge (off by default)."),
+    judge_model: str = typer.Option("gpt-4o-mini", "--judge-model", help="Judge model name."),
+    judge_key_env: str = typer.Option(
+        "OPENAI_API_KEY", "--judge-key-env", help="Environment variable holding the judge key."),
+    judge_cache: Path | None = typer.Option(
+        None, "--judge-cache", help="Judge answer cache (JSONL); default beside --out."),
+) -> None:
     """Score raw model replies on a benchmark as the standard harness does."""
-    _not_ready("score", 5)
+    from stormvl.tasks import breakdowns, load_benchmark
+    from stormvl.tasks import score as scoring
+
+    items = load_benchmark(benchmark, data, subtitles=subtitles, check_media=False)
+    preds = scoring.read_predictions(predictions)
+    judge = None
+    if judge_url:
+        from stormvl.tasks.judge import Judge, JudgeConfig
+
+        cache = judge_cache or (out.with_suffix(".judge_cache.jsonl") if out else
+                                Path("stormvl_judge_cache.jsonl"))
+        judge = Judge(JudgeConfig(judge_url, judge_model, judge_key_env, str(cache)))
+    try:
+        result = scoring.score(benchmark, items, preds, breakdowns(benchmark), judge)
+    finally:
+        if judge is not None:
+            judge.close()
+    result["settings"] = {"data": str(data), "predictions": str(predictions),
+                          "subtitles": subtitles, "judge_model": judge_model if judge else None}
+    print(scoring.render_table(result))
+    if out is not None:
+        scoring.write_results(out, result)
+        print(f"wrote {out}")
 
 
 @app.command(name="eval")
