@@ -96,16 +96,31 @@ def thoughts_merge(
     typer.echo("\n".join(stats.describe()))
 
 
-@app.command()
-def train() -> None:
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    config: str = typer.Argument(..., help="YAML run config (see configs/ and docs/training.md)"),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. optim.lr=1e-4"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint"),
+) -> None:
     """Train a method (direct, textcot, latent, storm stage 1/2, oracle) from a YAML config."""
-    _not_ready("train", 4)
+    from stormvl.config import load_config
+    from stormvl.training.config import TrainConfig
+    from stormvl.training.loop import train as run_training
+
+    cfg = load_config(TrainConfig, config, overrides or [])
+    final = run_training(cfg, resume=resume)
+    print(f"done: {final}")
 
 
 @app.command()
-def export() -> None:
+def export(
+    checkpoint: str = typer.Argument(..., help="a LoRA training checkpoint folder"),
+    out: str = typer.Argument(..., help="where to write the merged Hugging Face checkpoint"),
+) -> None:
     """Merge LoRA adapters into a full Hugging Face checkpoint."""
-    _not_ready("export", 4)
+    from stormvl.training.build import export_merged
+
+    print(f"exported: {export_merged(checkpoint, out)}")
 
 
 @app.command()
@@ -165,19 +180,57 @@ def answer() -> None:
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    preset: str = typer.Option("quick", help="quick (smoke run, minutes) | full (5 seeds, evidence) | test"),
+    seeds: int = typer.Option(None, help="training seeds per method (default: the preset's)"),
+    out: Path = typer.Option(Path("runs/demo"), help="output folder (re-run to resume)"),
+) -> None:
     """The whole method end to end on the built-in suite, with a report."""
-    _not_ready("demo", 6)
+    from stormvl.demo.pipeline import run_demo
+    from stormvl.demo.presets import PRESETS
+    from stormvl.report.demo_report import headline
+
+    if preset not in PRESETS:
+        raise UserError(f"--preset {preset!r}: choose from {', '.join(PRESETS)}")
+    if seeds is not None and seeds < 1:
+        raise UserError("--seeds must be >= 1")
+    results = run_demo(PRESETS[preset].with_seeds(seeds), out, log=lambda m: print(m, flush=True))
+    print(headline(results))
+    print(f"report: {out / 'report.md'}  page: {out / 'index.html'}")
 
 
 @app.command()
-def report() -> None:
+def report(folder: Path = typer.Argument(..., help="a demo output folder with results.json")) -> None:
     """Rebuild report.md / index.html / plots from a results folder."""
-    _not_ready("report", 6)
+    import json
+
+    from stormvl.report.demo_report import headline, write_report
+
+    path = folder / "results.json"
+    if not path.is_file():
+        raise UserError(f"{path}: not found (run `stormvl demo --out {folder}` first)")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg})") from None
+    write_report(results, folder)
+    print(headline(results))
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bars say what runs; per-checkpoint "Loading weights" bars are noise."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
+    _quiet_libraries()
     try:
         app(args=argv, standalone_mode=False)
     except UserError as exc:
