@@ -48,6 +48,7 @@ from stormvl.data.manifest import (
 )
 from stormvl.data.video import decode_frames, probe, write_video
 from stormvl.errors import ManifestError, UserError, VideoError
+from stormvl.io import write_json_atomic, write_text_atomic
 from stormvl.thoughts.base import Generator, InputClip, check_video
 
 Log = Callable[[str], None]
@@ -186,9 +187,7 @@ def _check_run_record(out: Path, record: dict, overwrite: bool) -> None:
                 "use a new --out or pass --overwrite"
             )
         return
-    tmp = path.with_name(f".run.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 @dataclass
@@ -342,14 +341,8 @@ def run_thoughts(
     stats.gpu = gen.memory_stats()
     stats.wall_seconds = time.perf_counter() - t0
     write_manifest(out / man_name, result)
-    _write_json(out / stats_name, stats.to_json())
+    write_json_atomic(out / stats_name, stats.to_json())
     return stats
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 _SHARD_RE = re.compile(r"manifest\.shard-(\d+)-of-(\d+)\.jsonl")
@@ -432,7 +425,7 @@ def merge_shards(dirs: list[str | Path], out: str | Path | None = None) -> RunSt
     longest = max(len(st.ids) for _, st, _ in parts)
     merged.ids = [st.ids[k] for k in range(longest) for _, st, _ in parts if k < len(st.ids)]
     write_manifest(out / "manifest.jsonl", [by_id[i] for i in merged.ids if i in by_id])
-    _write_json(out / "stats.json", merged.to_json())
+    write_json_atomic(out / "stats.json", merged.to_json())
     if not (out / "run.json").exists():
         place(parts[0][0] / "run.json", out / "run.json")
     return merged
