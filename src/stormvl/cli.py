@@ -28,19 +28,47 @@ def _not_ready(what: str, issue: int) -> None:
 @app.command()
 def families() -> None:
     """List the procedural task families, one line each."""
-    _not_ready("families", 2)
+    from stormvl.synth import FAMILIES
+
+    width = max(map(len, FAMILIES))
+    for name, fam in FAMILIES.items():
+        print(f"{name:<{width}}  {fam.description}")
 
 
 @app.command()
-def synth() -> None:
+def synth(
+    out: str = typer.Option(..., "--out", help="Output directory."),
+    n: int = typer.Option(..., "--n", help="Total number of items, spread evenly over the families."),
+    families: str = typer.Option("all", "--families", help="Comma-separated family names."),
+    split: str = typer.Option("train", "--split", help="train | val | test | ood"),
+    difficulty: str = typer.Option("mixed", "--difficulty", help="easy | medium | hard | mixed"),
+    frames: int = typer.Option(16, "--frames", help="Frames per video (>= 8)."),
+    size: int = typer.Option(64, "--size", help="Frame height = width in pixels (even, >= 32)."),
+    seed: int = typer.Option(0, "--seed", help="Suite seed."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty DIR."),
+) -> None:
     """Generate the procedural suite: videos, thought videos and a manifest."""
-    _not_ready("synth", 2)
+    from stormvl.synth import build_suite
+
+    path = build_suite(
+        out, n, families, split, difficulty, frames, size, seed, workers, overwrite, progress=True
+    )
+    print(f"wrote {path}")
 
 
 @app.command()
-def audit() -> None:
+def audit(
+    directory: str = typer.Argument(..., help="Suite folder with train and test items."),
+    out: str = typer.Option(None, "--out", help="JSON file for the results (default DIR/audit.json)."),
+    workers: int = typer.Option(1, "--workers", help="Processes decoding videos."),
+) -> None:
     """Score cheap shortcut baselines on a generated suite (anti-shortcut audit)."""
-    _not_ready("audit", 2)
+    from stormvl.synth.audit import format_table, run_audit
+
+    result, path = run_audit(directory, out, workers=workers)
+    print(format_table(result))
+    print(f"wrote {path}")
 
 
 thoughts_app = typer.Typer(
