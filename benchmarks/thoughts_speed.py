@@ -2,7 +2,7 @@
 
     python benchmarks/thoughts_speed.py [--n 8] [--diffusers-config GEN.yaml] [--json out.json]
 
-`procedural` uses the built-in suite (skipped when stormvl.synth is absent). `diffusers` uses
+`procedural` renders the built-in suite's thought videos exactly. `diffusers` uses
 ``--diffusers-config`` when given (a real model, on a GPU); otherwise a tiny random-init
 LTX-Video pipeline, whose figure is labelled as such: it measures the pipeline's overhead,
 not a real model's cost. Each figure is the generator's own time per video (decode and
@@ -16,29 +16,14 @@ to get the overhead a generate-then-answer pipeline would pay.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from stormvl.data.manifest import Sample, write_manifest
-from stormvl.data.video import write_video
+from stormvl.synth import build_suite
 from stormvl.thoughts import build_generator, run_thoughts
-
-
-def plain_dataset(root: Path, n: int, frames: int, size: int) -> Path:
-    """n random videos + a manifest (used when the suite is not installed)."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for k in range(n):
-        write_video(root / f"v{k}.mp4", rng.integers(0, 256, (frames, size, size, 3), np.uint8), 8)
-        rows.append(Sample(id=f"s{k}", video=f"v{k}.mp4", question="Where does the ball go?",
-                           options=["left", "right"], answer="A", end=1.0))
-    write_manifest(root / "manifest.jsonl", rows)
-    return root / "manifest.jsonl"
 
 
 def measure(name: str, manifest: Path, out: Path, config: str | None, sets: list[str]) -> dict:
@@ -65,16 +50,10 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if importlib.util.find_spec("stormvl.synth") is not None:
-            from stormvl.synth import build_suite
-
-            manifest = build_suite(tmp / "suite", args.n, frames=args.frames, size=args.size,
-                                   progress=False)
-            r = measure("procedural", manifest, tmp / "proc", None, ["input_frames=1"])
-            results.append({**r, "label": "procedural (exact, CPU)"})
-        else:
-            print("procedural: skipped (stormvl.synth not installed)")
-            manifest = plain_dataset(tmp / "plain", args.n, args.frames, args.size)
+        manifest = build_suite(tmp / "suite", args.n, frames=args.frames, size=args.size,
+                               progress=False)
+        r = measure("procedural", manifest, tmp / "proc", None, [])
+        results.append({**r, "label": "procedural (exact, CPU)"})
         if args.diffusers_config:
             r = measure("diffusers", manifest, tmp / "diff", args.diffusers_config, [])
             results.append({**r, "label": f"diffusers ({args.diffusers_config})"})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,20 +10,15 @@ import pytest
 from stormvl.cli import main
 from stormvl.data.manifest import read_manifest, write_manifest
 from stormvl.data.video import decode_frames, probe
-
-HAVE_SYNTH = importlib.util.find_spec("stormvl.synth") is not None
-needs_synth = pytest.mark.skipif(not HAVE_SYNTH, reason="stormvl.synth (issue 2) not merged yet")
+from stormvl.synth import build_suite
 
 
-@needs_synth
 def test_procedural_reproduces_the_suite_thoughts(tmp_path, capsys):
-    from stormvl.synth import build_suite
-
     suite = tmp_path / "suite"
     manifest = build_suite(suite, 3, frames=8, size=32, progress=False)
     rows = read_manifest(manifest)
-    stripped = [r.__class__(**{**r.__dict__, "thought_video": None}) for r in rows]
-    extra = stripped[0].__class__(**{**stripped[0].__dict__, "id": "real", "meta": {}})
+    stripped = [replace(r, thought_video=None) for r in rows]
+    extra = replace(stripped[0], id="real", meta={})
     write_manifest(suite / "stripped.jsonl", [*stripped, extra])
     out = tmp_path / "out"
     argv = ["thoughts", "--manifest", str(suite / "stripped.jsonl"), "--out", str(out),
@@ -39,10 +34,7 @@ def test_procedural_reproduces_the_suite_thoughts(tmp_path, capsys):
         assert probe(ours).fps == pytest.approx(probe(suite / r.video).fps)
 
 
-@needs_synth
 def test_degrade_wraps_procedural(tmp_path):
-    from stormvl.synth import build_suite
-
     manifest = build_suite(tmp_path / "suite", 2, frames=8, size=32, progress=False)
     out = tmp_path / "out"
     argv = ["thoughts", "--manifest", str(manifest), "--out", str(out), "--generator", "degrade",
@@ -58,14 +50,3 @@ def test_degrade_wraps_procedural(tmp_path):
         diff = np.abs(noisy.astype(int) - clean.astype(int))
         assert 5 < diff.mean() < 30  # sigma-20 noise, not a different video
 
-
-def test_procedural_without_synth_fails_at_start(tmp_path, capsys):
-    if HAVE_SYNTH:
-        pytest.skip("stormvl.synth is installed")
-    from test_thoughts_runner import make_dataset
-
-    man = make_dataset(tmp_path / "in", n=1)
-    argv = ["thoughts", "--manifest", str(man), "--out", str(tmp_path / "o"), "--generator", "procedural"]
-    assert main(argv) == 2
-    assert "stormvl.synth" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()
