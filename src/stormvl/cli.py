@@ -71,10 +71,57 @@ def audit(
     print(f"wrote {path}")
 
 
-@app.command()
-def thoughts() -> None:
-    """Make thought videos for a manifest with a generator (sharded, resumable)."""
-    _not_ready("thoughts", 7)
+thoughts_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Make thought videos for a manifest with a generator (sharded, resumable).",
+)
+app.add_typer(thoughts_app, name="thoughts")
+
+
+@thoughts_app.callback(invoke_without_command=True)
+def thoughts(
+    ctx: typer.Context,
+    manifest: Path | None = typer.Option(None, "--manifest", help="Input manifest (JSONL)."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder DIR."),
+    generator: str | None = typer.Option(None, "--generator", help="procedural, diffusers or degrade."),
+    config: Path | None = typer.Option(None, "--config", help="Generator config YAML."),
+    overrides: list[str] = typer.Option([], "--set", help="Config override key=value (repeatable)."),
+    shard: str | None = typer.Option(None, "--shard", help="Process rows with index % n == i (i/n)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate rows that are already done."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar with ETA."),
+) -> None:
+    """Make thought videos for a manifest with a generator (sharded, resumable).
+
+    Writes DIR/thoughts/<id>.mp4 and DIR/manifest.jsonl (or DIR/manifest.shard-i-of-n.jsonl),
+    then prints seconds per thought video and GPU memory (also in DIR/stats*.json).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from stormvl.thoughts import build_generator, parse_shard, run_thoughts
+
+    missing = [f for f, v in (("--manifest", manifest), ("--out", out), ("--generator", generator)) if v is None]
+    if missing:
+        raise UserError(f"stormvl thoughts: missing {', '.join(missing)}")
+    shard_t = parse_shard(shard)
+    gen = build_generator(generator, str(config) if config else None, overrides)
+    gen.load()  # missing weights / no GPU fail here, before any row is touched
+    stats = run_thoughts(manifest, out, gen, shard_t, overwrite, progress,
+                         log=lambda msg: typer.echo(msg, err=True))
+    typer.echo("\n".join(stats.describe()))
+
+
+@thoughts_app.command("merge")
+def thoughts_merge(
+    dirs: list[Path] = typer.Argument(..., help="Output folder(s) holding the shard results."),
+    out: Path | None = typer.Option(None, "--out", help="Merged folder (default: the first DIR)."),
+) -> None:
+    """Merge shard manifests into one DIR/manifest.jsonl, checking every shard finished."""
+    from stormvl.thoughts import merge_shards
+
+    stats = merge_shards(dirs, out)
+    typer.echo(f"merged {len(stats.ids)} rows from shards into {(out or dirs[0]) / 'manifest.jsonl'}")
+    typer.echo("\n".join(stats.describe()))
 
 
 @app.command(context_settings={"allow_extra_args": False})
