@@ -325,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
     _quiet_libraries()
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)  # Ctrl-C comes back as 130, not raised
+        if isinstance(rc, int) and rc:
+            return rc
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
