@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from stormvl.data.manifest import Sample, write_manifest
 from stormvl.data.video import write_video
@@ -26,7 +25,6 @@ from stormvl.training.config import (
 
 # Tiny models gain nothing from intra-op threads; on a loaded 2-core machine the OpenMP
 # workers spin and cost ~30x the CPU time (measured: 19 s vs 0.6 s for 5 storm steps).
-torch.set_num_threads(1)
 
 COLOURS = [(230, 40, 40), (40, 40, 230), (40, 200, 40)]
 

@@ -30,6 +30,9 @@ def load(data: Path, prompt: PromptConfig | None = None, check_media: bool = Tru
         video = resolve_media(data, s.video, where)
         if check_media:
             require_video(video, where)
+        meta = {"seed": s.seed} if s.seed is not None else {}
+        if s.thought_video:  # the oracle method is shown it at evaluation too
+            meta["thought_video"] = resolve_media(data, s.thought_video, where)
         items.append(EvalItem(
             id=s.id,
             benchmark=NAME,
@@ -41,7 +44,7 @@ def load(data: Path, prompt: PromptConfig | None = None, check_media: bool = Tru
             categories={k: getattr(s, k) or "-" for k in BREAKDOWNS},
             start=s.start,
             end=s.end,
-            meta={"seed": s.seed} if s.seed is not None else {},
+            meta=meta,
         ))
     return items
 

@@ -69,6 +69,19 @@ def load_samples(cfg: DataConfig) -> tuple[list[Sample], Path, str]:
     return samples, root, f"{len(samples)} samples from {cfg.train}{note}"
 
 
+def plan_clips(videos: list[tuple[int, int, int]], video: VideoConfig, count: TokenCounter,
+               temporal_patch: int) -> list[VideoPlan]:
+    """Plans for one sample's videos ((height, width, wanted frames) each, input video first,
+    an oracle's thought video second) sharing the sample's visual-token budget.
+
+    Training and evaluation both call this, so a checkpoint is evaluated with exactly the
+    frame counts and pixel bounds it was trained with.
+    """
+    shares = split_budget(video.max_visual_tokens, [w for _, _, w in videos])
+    return [plan_video(h, w, want, video, count, temporal_patch, share)
+            for (h, w, want), share in zip(videos, shares, strict=True)]
+
+
 # --- items ---------------------------------------------------------------------------------
 
 
@@ -150,10 +163,10 @@ class VideoQADataset(Dataset):
             if not s.thought_video:
                 raise UserError(f"sample {s.id}: the oracle method needs a thought_video")
             videos.append(self._clip(s.thought_video, s.id, "thought_video", self.oracle_frames))
-        shares = split_budget(v.max_visual_tokens, [w for _, _, w in videos])
+        plans = plan_clips([(inf.height, inf.width, w) for _, inf, w in videos], v, self.count,
+                           self.temporal_patch)
         clips = []
-        for (p, inf, w), share in zip(videos, shares, strict=True):
-            plan = plan_video(inf.height, inf.width, w, v, self.count, self.temporal_patch, share)
+        for (p, _, _), plan in zip(videos, plans, strict=True):
             clip = read_clip(p, num_frames=plan.num_frames, start=s.start if p == path else None,
                              end=s.end if p == path else None, timeout_s=v.timeout_s)
             clips.append((clip, plan))

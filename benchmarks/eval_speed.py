@@ -1,0 +1,111 @@
+"""Evaluation speed, measured side by side in one run on the small backbone.
+
+Prints:
+  1. throughput (questions / s) of the latent method (K = 8) at batch 8 vs batch 1
+     (goal: >= 2x);
+  2. per-question latency ratios at batch 1: latent K = 8 / direct (same short reply), and
+     latent K = 8 / textcot with a 64-token reply.
+
+Everything goes through ``stormvl.evaluate.Runner`` (the code ``stormvl eval`` runs); the
+videos are decoded and encoded once up front so the numbers are the model's. A random
+backbone stops at arbitrary tokens, so end-of-sequence is switched off here and every reply
+runs to its budget: each method then pays exactly the decode length the comparison names.
+
+    PYTHONPATH=src python benchmarks/eval_speed.py [--size small] [--device cpu] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stormvl.backbones.tiny import build_tiny
+from stormvl.data.video import write_video
+from stormvl.evaluate import EvalSettings, LoadedModel, Runner
+from stormvl.tasks.base import EvalItem
+from stormvl.training.config import VideoConfig
+
+SHORT_REPLY = 4  # tokens: a letter and a little more (direct, latent)
+COT_REPLY = 64  # tokens: a short rationale (textcot)
+
+
+def make_items(root: Path, n: int, frames: int = 16, size: int = 112) -> list[EvalItem]:
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(n):
+        video = rng.integers(0, 255, (frames, size, size, 3), dtype=np.uint8)
+        path = root / f"v{i}.mp4"
+        write_video(path, video, fps=4)
+        prompt = f"Question {i}: where is the ball?\nA. left\nB. right\nC. up\nD. down\n" \
+                 "Answer with the option's letter from the given choices directly."
+        items.append(EvalItem(f"q{i}", "speed", path, prompt, "A"))
+    return items
+
+
+def runner(bb, method: str, k: int, tokens: int, batch: int, video: VideoConfig) -> Runner:
+    model = LoadedModel(bb, method, k, video, 0, "<in-memory>")
+    return Runner(model, EvalSettings(k=k if method == "latent" else None, batch_size=batch,
+                                      max_new_tokens=tokens))
+
+
+def timed_pass(r: Runner, prepared: list) -> float:
+    """Seconds per question for one pass over ``prepared`` in the runner's batch size."""
+    bs = r.settings.batch_size
+    t0 = time.perf_counter()
+    for s in range(0, len(prepared), bs):
+        r.run(prepared[s: s + bs])
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / len(prepared)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="small", choices=["tiny", "small"])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--items", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    bb = build_tiny("qwen2_5_vl", args.size, seed=0)
+    bb.model.to(args.device)
+    bb.eos_ids = set()  # every reply runs to its budget (see the module docstring)
+    video = VideoConfig(num_frames=8, max_pixels=112 * 112, max_visual_tokens=4096)
+    configs = {  # name -> (method, K, reply tokens, batch size)
+        "latent K=8, batch 1": ("latent", 8, SHORT_REPLY, 1),
+        "latent K=8, batch 8": ("latent", 8, SHORT_REPLY, 8),
+        "direct,     batch 1": ("direct", 0, SHORT_REPLY, 1),
+        "textcot,    batch 1": ("textcot", 0, COT_REPLY, 1),
+    }
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        items = make_items(Path(tmp), args.items)
+        runs = {}
+        for name, (method, k, tokens, bs) in configs.items():
+            r = runner(bb, method, k, tokens, bs, video)
+            prepared = [r.prepare(it) for it in items]
+            r.run(prepared[:bs])  # warm-up
+            runs[name] = (r, prepared)
+        for _ in range(args.repeats):  # interleaved rounds: load changes hit every config alike
+            for name, (r, prepared) in runs.items():
+                times[name].append(timed_pass(r, prepared))
+    t = {name: statistics.median(v) for name, v in times.items()}
+    lat1, lat8 = t["latent K=8, batch 1"], t["latent K=8, batch 8"]
+    print(f"backbone qwen2_5_vl/{args.size} on {args.device}, {args.items} questions, "
+          f"8 frames of 112x112, median of {args.repeats} interleaved rounds")
+    for name, (_, _, tokens, _) in configs.items():
+        print(f"{name}: {t[name] * 1000:8.1f} ms/question  {1 / t[name]:6.2f} q/s  "
+              f"({tokens}-token reply)")
+    print(f"ratio throughput latent batch 8 / batch 1 = {lat1 / lat8:.2f}x (goal >= 2x)")
+    print(f"ratio latency latent K=8 / direct          = {lat1 / t['direct,     batch 1']:.2f}")
+    print(f"ratio latency latent K=8 / textcot (64 tok) = {lat1 / t['textcot,    batch 1']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
