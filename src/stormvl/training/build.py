@@ -140,28 +140,36 @@ def _apply_lora(bb, cfg: TrainConfig, resume_from: Path | None):
     return get_peft_model(bb.model, conf)
 
 
-def save_model(built: Built, path: Path, meta: dict) -> None:
-    """Weights (full HF model, or LoRA adapters) + tokenizer + stormvl.json into ``path``."""
+def save_model(built: Built, path: Path, meta: dict, state_dict: dict | None = None) -> None:
+    """Weights (full HF model, or LoRA adapters) + tokenizer + stormvl.json into ``path``.
+
+    ``state_dict``: the HF model's consolidated weights when the live parameters are shards
+    (FSDP); by default the model's own.
+    """
     from transformers.utils import logging as hf_logging
 
     shown = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar inside the run's bar
     try:
-        _save_model(built, path, meta)
+        _save_model(built, path, meta, state_dict)
     finally:
         if shown:
             hf_logging.enable_progress_bar()
 
 
-def _save_model(built: Built, path: Path, meta: dict) -> None:
+def _save_model(built: Built, path: Path, meta: dict, state_dict: dict | None) -> None:
     bb = built.backbone
-    if built.peft_model is None:
+    if built.peft_model is None and state_dict is None:
         bb.save(path, meta)
         return
     from stormvl import __version__
 
     path.mkdir(parents=True, exist_ok=True)
-    built.peft_model.save_pretrained(str(path), safe_serialization=True)
+    if built.peft_model is None:
+        bb.model.save_pretrained(str(path), state_dict=state_dict, safe_serialization=True)
+    else:  # peft keys its own state dict under base_model.model.
+        sd = None if state_dict is None else {f"base_model.model.{k}": v for k, v in state_dict.items()}
+        built.peft_model.save_pretrained(str(path), state_dict=sd, safe_serialization=True)
     bb.tokenizer.save_pretrained(str(path))
     full = {"stormvl_version": __version__, "backbone": bb.family, "video": bb.video.to_dict(),
             "max_latents": bb.max_latents, **meta}

@@ -6,6 +6,7 @@ Layout of ``<out_dir>/checkpoints/step-000120/``::
       (LoRA runs: adapter_model.safetensors + adapter_config.json instead of the full model)
     align_projector.safetensors   Stage-I projector, when the run has one
     trainer_state.pt              optimizer, scheduler, step, data position, bad-media counts
+                                  (under FSDP the optimizer state is gathered, keyed by name)
     rng_rank<r>.pt                torch / numpy / python RNG of each process
     config.yaml                   the resolved run config
 
@@ -119,11 +120,13 @@ class TrainerState:
         return dict(self.__dict__)
 
 
-def write_trainer_state(path: Path, state: TrainerState, optimizer, scheduler, extra: dict | None = None) -> None:
-    """``extra`` holds plain data only (str / int / float / dict / list), so it stays
-    loadable with ``weights_only=True``."""
+def write_trainer_state(path: Path, state: TrainerState, optimizer: dict, scheduler, extra: dict | None = None) -> None:
+    """``optimizer`` is the optimizer's state dict: ``optimizer.state_dict()`` (1 process, DDP;
+    keyed by parameter index) or FSDP's full one (keyed by parameter name,
+    ``optimizer_format: "fsdp"`` in ``extra``). ``extra`` holds plain data only (str / int /
+    float / dict / list), so the file stays loadable with ``weights_only=True``."""
     torch.save(
-        {"trainer": state.to_dict(), "optimizer": optimizer.state_dict(),
+        {"trainer": state.to_dict(), "optimizer": optimizer,
          "scheduler": scheduler.state_dict(), **(extra or {})},
         path / TRAINER_STATE,
     )

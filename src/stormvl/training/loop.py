@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from stormvl.config import save_config
 from stormvl.errors import UserError
 from stormvl.training import checkpoint as ckpt
+from stormvl.training import fsdp
 from stormvl.training.build import Built, build_model, run_meta, save_model
 from stormvl.training.config import TrainConfig
 from stormvl.training.data import (
@@ -150,6 +151,7 @@ class Run:
     root: Path
     dataset: VideoQADataset
     target_parts: dict
+    sharded: bool = False  # FSDP: parameters are shards, states are gathered to save
     log: MetricsLog | None = None
 
 
@@ -188,11 +190,14 @@ def _accelerator(cfg: TrainConfig):
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)])
     if acc.num_processes != world:
         raise UserError(f"WORLD_SIZE={world} but accelerate sees {acc.num_processes} process(es)")
-    if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
-        # Saving would write sharded parameters through save_pretrained; not built or tested.
-        raise UserError(f"accelerate {acc.distributed_type.name} is not supported by stormvl train "
-                        "yet; use DDP (multi-GPU `accelerate launch` without an FSDP config), with LoRA "
-                        "for 7B models")
+    if acc.distributed_type.name == "DEEPSPEED":
+        raise UserError("accelerate DEEPSPEED is not supported by stormvl train; use FSDP "
+                        "(`accelerate launch --use_fsdp`) or DDP")
+    if fsdp.requested(acc):
+        fsdp.check_supported(cfg)
+        if acc.mixed_precision == "fp16":  # would need a sharded grad scaler
+            raise UserError("mixed_precision fp16 is not supported under FSDP; use bf16 or "
+                            "model.dtype: bfloat16")
     return acc
 
 
@@ -246,19 +251,31 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
     module = TrainModule(LatentModel(bb), projector, cfg)
     if cfg.targets.encoder == "frozen_copy":
         module.align_weight = 0.0  # CE-only warm-up until the tower copy is taken
+    if last is not None and projector is not None and (last / ckpt.PROJECTOR).is_file():
+        from safetensors.torch import load_file
+
+        projector.load_state_dict(load_file(str(last / ckpt.PROJECTOR)))
+    sharded = fsdp.requested(acc) and acc.num_processes > 1
+    if sharded:  # before the optimizer: sharding replaces the parameters
+        module = fsdp.shard(module, acc.device)
+        if acc.is_main_process:
+            print(f"FSDP: {fsdp.units(module)} units sharded over {acc.num_processes} processes")
+    elif fsdp.requested(acc):
+        print("FSDP requested with 1 process: nothing to shard, training unsharded")
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     state = ckpt.TrainerState()
     if last is not None:
-        state, parts = _restore(last, acc, module, optimizer, scheduler, parts)
-    module, optimizer = acc.prepare(module, optimizer)
+        state, parts = _restore(last, acc, module, optimizer, scheduler, parts, sharded)
+    if not sharded:
+        module, optimizer = acc.prepare(module, optimizer)
     cache = TargetCache(Path(cfg.targets.cache_dir or out / "target_cache"))
     dataset = VideoQADataset(samples, root, cfg.video, backbone_counter(bb), bb.temporal_patch,
                              make_prepare(bb, cfg), parts, cache,
                              cfg.method.oracle_frames if cfg.method.name == "oracle" else 0)
-    return Run(cfg, acc, built, module, optimizer, scheduler, state, samples, root, dataset, parts)
+    return Run(cfg, acc, built, module, optimizer, scheduler, state, samples, root, dataset, parts, sharded)
 
 
 def _check_resume(cfg: TrainConfig, path: Path) -> None:
@@ -272,15 +289,20 @@ def _check_resume(cfg: TrainConfig, path: Path) -> None:
                             f"this config has {now[key]!r}")
 
 
-def _restore(path: Path, acc, module: TrainModule, optimizer, scheduler, parts: dict):
-    """Optimizer, scheduler, data position, projector and RNG from a checkpoint."""
-    from safetensors.torch import load_file
-
+def _restore(path: Path, acc, module: TrainModule, optimizer, scheduler, parts: dict, sharded: bool):
+    """Optimizer, scheduler, data position and RNG from a checkpoint (weights and projector
+    are loaded before the module is wrapped)."""
     st = ckpt.read_trainer_state(path)
-    optimizer.load_state_dict(st["optimizer"])
+    saved_sharded = st.get("optimizer_format") == "fsdp"
+    if saved_sharded != sharded:
+        how = {True: "FSDP", False: "1 process / DDP"}
+        raise UserError(f"--resume from {path}: its optimizer state was saved under {how[saved_sharded]}; "
+                        f"resume under {how[saved_sharded]} (this launch is {how[sharded]})")
+    if sharded:
+        fsdp.load_optimizer_state(module, optimizer, st["optimizer"])
+    else:
+        optimizer.load_state_dict(st["optimizer"])
     scheduler.load_state_dict(st["scheduler"])
-    if module.projector is not None and (path / ckpt.PROJECTOR).is_file():
-        module.projector.load_state_dict(load_file(str(path / ckpt.PROJECTOR)))
     if not parts and st.get("target_parts"):  # frozen_copy: targets of the copy taken earlier
         parts = st["target_parts"]
         module.align_weight = st.get("align_weight", module.align_weight)
@@ -297,14 +319,22 @@ def save(run: Run) -> Path:
     acc, cfg, step = run.acc, run.cfg, run.state.step
     tmp, final = ckpt.tmp_dir(cfg.out_dir, step), ckpt.step_dir(cfg.out_dir, step)
     module = acc.unwrap_model(run.module)
+    model_sd = None
+    if run.sharded:  # collective: every process sends its shards, rank 0 gets full tensors
+        full = fsdp.full_state_dict(run.module)
+        model_sd, proj_sd = fsdp.split_state(full, "engine.model."), fsdp.split_state(full, "projector.")
+        optim_sd = fsdp.optimizer_state(run.module, run.optimizer)
+    elif acc.is_main_process:
+        proj_sd = module.projector.state_dict() if module.projector is not None else {}
+        optim_sd = run.optimizer.state_dict()
     if acc.is_main_process:
         ckpt.clear_partial(cfg.out_dir)
-        save_model(run.built, tmp, run_meta(cfg, step))
+        save_model(run.built, tmp, run_meta(cfg, step), model_sd)
         if module.projector is not None:  # identity projectors save an empty file: "no map"
-            save_file({k: v.contiguous() for k, v in module.projector.state_dict().items()},
-                      str(tmp / ckpt.PROJECTOR))
-        extra = {"target_parts": run.target_parts, "align_weight": float(module.align_weight)}
-        ckpt.write_trainer_state(tmp, run.state, run.optimizer, run.scheduler, extra)
+            save_file({k: v.contiguous() for k, v in proj_sd.items()}, str(tmp / ckpt.PROJECTOR))
+        extra = {"target_parts": run.target_parts, "align_weight": float(module.align_weight),
+                 "optimizer_format": "fsdp" if run.sharded else "index"}
+        ckpt.write_trainer_state(tmp, run.state, optim_sd, run.scheduler, extra)
         save_config(cfg, tmp / "config.yaml")
     acc.wait_for_everyone()
     ckpt.write_rng(tmp, acc.process_index)
@@ -341,7 +371,9 @@ def _micro(run: Run, col: Collated, last_good: Collated | None):
     dev = run.acc.device
     targets = col.targets.to(dev) if col.targets is not None else None
     mask = col.target_mask.to(dev) if col.target_mask is not None else None
-    parts = run.module(col.batch.to(dev), targets, mask)
+    # a sharded module is not wrapped by accelerate, so its autocast (bf16) is applied here
+    with run.acc.autocast() if run.sharded else nullcontext():
+        parts = run.module(col.batch.to(dev), targets, mask)
     return parts, weight, col
 
 
@@ -363,7 +395,9 @@ def train_step(run: Run, it, last_good: Collated | None) -> tuple[dict, Collated
         skipped += [(s.file, s.reason) for s in col.skipped]
         good += len(col.ids)
         sync = m == cfg.optim.grad_accum - 1
-        with nullcontext() if sync else acc.no_sync(run.module):
+        if run.sharded:  # FSDP2: keep unsharded gradients until the last micro-batch
+            run.module.set_requires_gradient_sync(sync)
+        with nullcontext() if sync or run.sharded else acc.no_sync(run.module):
             parts, weight, used = _micro(run, col, last_good)
             acc.backward(parts["loss"] * (weight / cfg.optim.grad_accum))
         last_good = used
@@ -380,7 +414,7 @@ def train_step(run: Run, it, last_good: Collated | None) -> tuple[dict, Collated
     loss = means[keys.index("loss")]
     params = [p for p in run.module.parameters() if p.requires_grad]
     clip = cfg.optim.clip if cfg.optim.clip > 0 else float("inf")
-    grad_norm = acc.clip_grad_norm_(params, clip)
+    grad_norm = fsdp.clip_grad_norm(params, clip) if run.sharded else acc.clip_grad_norm_(params, clip)
     if not (torch.isfinite(loss).all() and torch.isfinite(torch.as_tensor(grad_norm))):
         last = ckpt.latest_checkpoint(cfg.out_dir)
         raise TrainingDiverged(
