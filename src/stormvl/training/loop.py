@@ -255,13 +255,15 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
         from safetensors.torch import load_file
 
         projector.load_state_dict(load_file(str(last / ckpt.PROJECTOR)))
-    sharded = fsdp.requested(acc) and acc.num_processes > 1
+    # with a process group even 1 process is sharded here (on GPU, accelerate.prepare would
+    # otherwise apply its own FSDP wrapping, which the checkpoint code does not expect)
+    sharded = fsdp.requested(acc) and torch.distributed.is_available() and torch.distributed.is_initialized()
     if sharded:  # before the optimizer: sharding replaces the parameters
         module = fsdp.shard(module, acc.device)
         if acc.is_main_process:
             print(f"FSDP: {fsdp.units(module)} units sharded over {acc.num_processes} processes")
     elif fsdp.requested(acc):
-        print("FSDP requested with 1 process: nothing to shard, training unsharded")
+        print("FSDP requested without a process group (1 process): training unsharded")
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                   weight_decay=cfg.optim.weight_decay)
