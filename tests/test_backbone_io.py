@@ -98,8 +98,10 @@ def test_latent_tokens_in_padded_vocabulary_do_not_resize():
 
 
 def test_tokenizer_is_deterministic_and_round_trips():
-    a, b = build_tokenizer(), build_tokenizer()
-    assert a.get_vocab() == b.get_vocab()
+    from stormvl.backbones.tiny import _tokenizer_json
+
+    assert _tokenizer_json.__wrapped__() == _tokenizer_json()  # retraining gives the same BPE
+    a = build_tokenizer()
     assert [a.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS] == list(range(8))
     text = "Which cup hides the ball after 3 swaps? Ünïcode ok."
     ids = a(text, add_special_tokens=False)["input_ids"]
@@ -153,3 +155,12 @@ def test_misuse_raises(family):
     bb.run(ctx, cache, 0, ctx.inputs_embeds[:, :5])
     with pytest.raises(ValueError, match="stale cache"):
         bb.run(ctx, cache, 4, ctx.inputs_embeds[:, 4:6])
+
+
+def test_7b_shape_matches_released_qwen2_5_vl_7b():
+    """The GPU speed preset: built on the meta device, nothing allocated."""
+    bb = build_tiny("qwen2_5_vl", "7b", device="meta", dtype=torch.bfloat16)
+    n = sum(p.numel() for p in bb.model.parameters())
+    assert abs(n / 1e9 - 8.29) < 0.01  # Qwen2.5-VL-7B-Instruct has 8.29B parameters
+    assert bb.model.config.text_config.rope_parameters["mrope_section"] == [16, 24, 24]
+    assert bb.model.get_input_embeddings().num_embeddings == 152064  # padded, no resize

@@ -125,3 +125,27 @@ def test_bad_frames_raise(q25):
         q25.preprocess_video(frames, ts[::-1])
     with pytest.raises(ValueError, match="aspect ratio"):
         q25.preprocess_video(np.zeros((2, 1, 400, 3), np.uint8), [0, 1])
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_linear_patch_embed_equals_conv3d(family):
+    bb = build_tiny(family, "tiny")
+    pe = bb.model.model.visual.patch_embed
+    v = bb.preprocess_video(*random_clip(4, 64, 64))
+    conv = type(pe).forward(pe, v.pixel_values)  # transformers' Conv3d path
+    torch.testing.assert_close(pe(v.pixel_values), conv, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("h,w", [(112, 112), (56, 168)])  # (56, 168): unequal windows -> fallback
+def test_batched_vision_attention_equals_transformers_loop(family, h, w):
+    bb = build_tiny(family, "tiny", video=VideoSettings(28 * 28, 112 * 112 * 4))
+    v = bb.preprocess_video(*random_clip(4, h, w))
+    visual = bb.model.model.visual
+    with torch.no_grad():
+        ours = bb.encode_vision([v, v])[0]
+        for mod in visual.modules():
+            if "forward" in vars(mod) and type(mod).__name__.endswith("VisionAttention"):
+                del mod.forward  # back to transformers' per-chunk loop
+        ref = bb.encode_vision([v, v])[0]
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)

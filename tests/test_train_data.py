@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import train_fixtures  # noqa: F401  (one torch thread)
 from stormvl.data.manifest import Sample, write_manifest
 from stormvl.data.video import write_video
 from stormvl.errors import ManifestError, UserError
@@ -206,3 +208,19 @@ def test_dataset_skips_bad_media_with_reason(tmp_path):
     loaded = col.batch[0]
     assert loaded.frames.shape[0] == loaded.plan.num_frames == 4 and loaded.plan.tokens <= 16
     assert isinstance(ds[0], Item) and isinstance(ds[1], Skipped)
+
+
+def test_every_shipped_train_config_loads():
+    from stormvl.config import load_config
+    from stormvl.training.config import TrainConfig
+
+    paths = sorted((Path(__file__).parents[1] / "configs" / "train").glob("*.yaml"))
+    assert len(paths) >= 8
+    for p in paths:
+        cfg = load_config(TrainConfig, p)
+        assert cfg.method.name in p.name or "storm" in p.name
+    seven = load_config(TrainConfig, paths[0].parent / "qwen2_5_vl_7b_storm_stage1.yaml")
+    assert seven.model.lora.enabled and seven.model.freeze_vision and seven.model.dtype == "bfloat16"
+    with pytest.raises(UserError, match="freeze_vision=true"):
+        load_config(TrainConfig, paths[0].parent / "qwen2_5_vl_7b_storm_stage1.yaml",
+                    ["model.freeze_vision=false"])

@@ -42,3 +42,31 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     assert len(one) == len(two) == 3
     for a, b in zip(one, two, strict=True):
         assert abs(a - b) < 1e-4 * max(1.0, abs(a)), (one, two)
+
+
+def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
+    """A real kill (SIGKILL, no cleanup) of a CLI run, then --resume: same loss curve."""
+    import signal
+    import time
+
+    suite = make_suite(tmp_path / "data")
+    kw = dict(max_steps=16, batch_size=2, every=2)
+    train(tiny_config(tmp_path / "full", suite, "latent", **kw))
+    cfg = to_dict(tiny_config(tmp_path / "cut", suite, "latent", **kw))
+    (tmp_path / "cut.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "stormvl", "train", str(tmp_path / "cut.yaml")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = tmp_path / "cut" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not (ckpts / "step-000004").is_dir() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.name for p in ckpts.glob("step-*"))
+    assert "step-000004" in done and "step-000016" not in done, done
+    from stormvl.config import load_config
+    from stormvl.training.config import TrainConfig
+
+    train(load_config(TrainConfig, tmp_path / "cut.yaml"), resume=True)
+    assert _losses(tmp_path / "cut") == _losses(tmp_path / "full")

@@ -110,7 +110,7 @@ def test_bad_media_is_counted_and_stops_above_the_fraction(tmp_path, suite):
     for p in suite.parent.glob("*.mp4"):
         shutil.copy(p, tmp_path / p.name)
     cfg = tiny_config(tmp_path / "ok", tmp_path / "m.jsonl", "direct", max_steps=3)
-    train(replace(cfg, data=replace(cfg.data, max_bad_fraction=0.5)))
+    train(replace(cfg, data=replace(cfg.data, max_bad_fraction=0.5, num_workers=1)))  # decode in a worker
     rows = [json.loads(line) for line in (tmp_path / "ok" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["bad_media"] >= 1 and sum(r["samples"] for r in rows) == 12 - rows[-1]["bad_media"]
     strict = replace(cfg, out_dir=str(tmp_path / "strict"), data=replace(cfg.data, max_bad_fraction=0.0),
@@ -122,9 +122,12 @@ def test_bad_media_is_counted_and_stops_above_the_fraction(tmp_path, suite):
 def test_lora_export_loads_in_plain_transformers(tmp_path, suite):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    cfg = tiny_config(tmp_path / "lora", suite, "direct", max_steps=2, lr=5e-2)
+    cfg = tiny_config(tmp_path / "lora", suite, "direct", max_steps=1, lr=5e-2)
     cfg = replace(cfg, model=replace(cfg.model, lora=replace(cfg.model.lora, enabled=True, r=4, alpha=8)))
-    final = train(cfg)
+    train(cfg)
+    cfg = replace(cfg, optim=replace(cfg.optim, max_steps=2))
+    final = train(cfg, resume=True)  # adapters re-applied on the base, then trained on
+    assert final.name == "step-000002" and len(_losses(tmp_path / "lora")) == 2
     assert (final / "adapter_model.safetensors").is_file() and not (final / "model.safetensors").exists()
     assert main(["export", str(final), str(tmp_path / "merged")]) == 0
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "merged").eval()
@@ -151,7 +154,7 @@ def test_cli_train_overrides_and_bad_config(tmp_path, suite, capsys):
 
     from stormvl.config import to_dict
 
-    cfg = to_dict(tiny_config(tmp_path / "cli", suite, "latent", max_steps=1))
+    cfg = to_dict(tiny_config(tmp_path / "cli", suite, "latent", max_steps=1, tensorboard=True))
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", str(tmp_path / "c.yaml"), "method.k=3", "optim.max_steps=2"]) == 0
     assert read_meta(tmp_path / "cli" / "checkpoints" / "step-000002")["k"] == 3
@@ -162,3 +165,73 @@ def test_cli_train_overrides_and_bad_config(tmp_path, suite, capsys):
     assert "method.k" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "c.yaml"), "--resume", "method.k=3", "optim.max_steps=3"]) == 0
     assert [s for s, _ in list_checkpoints(tmp_path / "cli")][-1] == 3
+    assert list((tmp_path / "cli" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tmp_path, suite):
+    cfg = tiny_config(tmp_path / "plain", suite, "storm", max_steps=2)
+    train(cfg)
+    gc = replace(cfg, out_dir=str(tmp_path / "gc"), model=replace(cfg.model, gradient_checkpointing=True))
+    train(gc)
+    assert _losses(tmp_path / "gc") == pytest.approx(_losses(tmp_path / "plain"), rel=1e-5)
+
+
+@pytest.mark.parametrize("encoder,reduction,loss", [("backbone", "multi", "infonce"),
+                                                    ("frozen_copy", "mean", "mse")])
+def test_storm_target_encoders(tmp_path, suite, encoder, reduction, loss):
+    cfg = tiny_config(tmp_path / "run", suite, "storm", max_steps=3, batch_size=4)
+    cfg = replace(cfg, targets=replace(cfg.targets, encoder=encoder, reduction=reduction, per_step=2,
+                                       frames=4, warmup_steps=1),
+                  align=replace(cfg.align, loss=loss))
+    if encoder == "frozen_copy":  # the copy is worth taking only of a tower that trains
+        cfg = replace(cfg, model=replace(cfg.model, freeze_vision=False))
+    final = train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    if encoder == "frozen_copy":
+        assert "align" not in rows[0] and all("align" in r for r in rows[1:])  # CE-only warm-up
+    else:
+        assert all("align" in r for r in rows)
+    assert (final / "align_projector.safetensors").is_file()
+    cache = list((tmp_path / "run" / "target_cache").rglob("*.safetensors"))
+    assert len(cache) == 8
+
+
+def test_stage2_kept_align_reuses_the_stage1_projector(tmp_path, suite):
+    from safetensors.torch import load_file
+
+    s1cfg = tiny_config(tmp_path / "s1", suite, "storm", max_steps=1)
+    s1cfg = replace(s1cfg, targets=replace(s1cfg.targets, reduction="multi", per_step=2))
+    s1 = train(s1cfg)
+    seen = {}
+
+    def grab(run, metrics):
+        seen.update({k: v.detach().clone() for k, v in run.acc.unwrap_model(run.module).projector.state_dict().items()})
+        raise KeyboardInterrupt
+
+    s2cfg = replace(s1cfg, out_dir=str(tmp_path / "s2"), method=replace(s1cfg.method, stage=2, stage1_checkpoint=str(s1)),
+                    align=replace(s1cfg.align, stage2_weight=0.1), optim=replace(s1cfg.optim, lr=1e-9))
+    with pytest.raises(KeyboardInterrupt):
+        train(s2cfg, on_step=grab)
+    want = load_file(str(s1 / "align_projector.safetensors"))
+    for k, v in want.items():
+        torch.testing.assert_close(seen[k], v, atol=1e-6, rtol=0)
+
+
+def test_storm_with_some_samples_lacking_thought_videos(tmp_path, suite):
+    rows = [json.loads(line) for line in suite.read_text().splitlines()]
+    for r in rows[:5]:  # most batches mix samples with and without targets; some have none
+        r.pop("thought_video")
+    (suite.parent / "partial.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tiny_config(tmp_path / "run", suite.parent / "partial.jsonl", "storm", max_steps=4, batch_size=2)
+    train(cfg)
+    assert all(r >= 0 for r in _losses(tmp_path / "run", "align"))
+
+
+def test_qwen3_vl_backbone_trains_storm(tmp_path, suite):
+    cfg = tiny_config(tmp_path / "q3", suite, "storm", max_steps=3, batch_size=8)
+    cfg = replace(cfg, model=replace(cfg.model, backbone="tiny:qwen3_vl"),
+                  video=replace(cfg.video, min_pixels=4 * 32 * 32, max_pixels=64 * 64 * 16))
+    final = train(cfg)
+    assert read_meta(final)["backbone"] == "qwen3_vl"
+    losses = _losses(tmp_path / "q3")
+    assert losses[-1] < losses[0]

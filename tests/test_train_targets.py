@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import train_fixtures  # noqa: F401  (one torch thread)
 from stormvl.data.manifest import Sample
 from stormvl.data.video import write_video
 from stormvl.training.config import TargetConfig
@@ -110,3 +111,31 @@ def test_projector_and_ce():
     logits = torch.zeros(1, 3, 5)
     labels = torch.tensor([[-100, 2, 3]])
     torch.testing.assert_close(answer_ce(logits, labels), torch.tensor(np.log(5.0), dtype=torch.float32))
+
+
+def test_partial_and_unfinished_checkpoints_are_never_picked(tmp_path):
+    from stormvl.training.checkpoint import TRAINER_STATE, clear_partial, latest_checkpoint, prune
+
+    root = tmp_path / "checkpoints"
+    for name, finished in (("step-000002", True), ("step-000004", True), ("step-000006", False),
+                           (".step-000008.partial", True), (".step-000008.partial.tmp", False)):
+        (root / name).mkdir(parents=True)
+        if finished:
+            (root / name / TRAINER_STATE).write_bytes(b"x")
+    assert latest_checkpoint(tmp_path).name == "step-000004"  # 6 has no state, 8 is partial
+    clear_partial(tmp_path)
+    assert not list(root.glob(".step-*"))
+    prune(tmp_path, keep_last=1)
+    assert sorted(p.name for p in root.iterdir()) == ["step-000004", "step-000006"]
+
+
+def test_export_copies_processor_files(tmp_path):
+    from stormvl.training.build import copy_processor_files
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "preprocessor_config.json").write_text("{}")
+    (tmp_path / "base" / "chat_template.jinja").write_text("{{ x }}")
+    (tmp_path / "out").mkdir()
+    assert copy_processor_files(str(tmp_path / "base"), tmp_path / "out") == [
+        "preprocessor_config.json", "chat_template.jinja"]
+    assert copy_processor_files("tiny:qwen2_5_vl", tmp_path / "out") == []

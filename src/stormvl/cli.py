@@ -28,25 +28,100 @@ def _not_ready(what: str, issue: int) -> None:
 @app.command()
 def families() -> None:
     """List the procedural task families, one line each."""
-    _not_ready("families", 2)
+    from stormvl.synth import FAMILIES
+
+    width = max(map(len, FAMILIES))
+    for name, fam in FAMILIES.items():
+        print(f"{name:<{width}}  {fam.description}")
 
 
 @app.command()
-def synth() -> None:
+def synth(
+    out: str = typer.Option(..., "--out", help="Output directory."),
+    n: int = typer.Option(..., "--n", help="Total number of items, spread evenly over the families."),
+    families: str = typer.Option("all", "--families", help="Comma-separated family names."),
+    split: str = typer.Option("train", "--split", help="train | val | test | ood"),
+    difficulty: str = typer.Option("mixed", "--difficulty", help="easy | medium | hard | mixed"),
+    frames: int = typer.Option(16, "--frames", help="Frames per video (>= 8)."),
+    size: int = typer.Option(64, "--size", help="Frame height = width in pixels (even, >= 32)."),
+    seed: int = typer.Option(0, "--seed", help="Suite seed."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty DIR."),
+) -> None:
     """Generate the procedural suite: videos, thought videos and a manifest."""
-    _not_ready("synth", 2)
+    from stormvl.synth import build_suite
+
+    path = build_suite(
+        out, n, families, split, difficulty, frames, size, seed, workers, overwrite, progress=True
+    )
+    print(f"wrote {path}")
 
 
 @app.command()
-def audit() -> None:
+def audit(
+    directory: str = typer.Argument(..., help="Suite folder with train and test items."),
+    out: str = typer.Option(None, "--out", help="JSON file for the results (default DIR/audit.json)."),
+    workers: int = typer.Option(1, "--workers", help="Processes decoding videos."),
+) -> None:
     """Score cheap shortcut baselines on a generated suite (anti-shortcut audit)."""
-    _not_ready("audit", 2)
+    from stormvl.synth.audit import format_table, run_audit
+
+    result, path = run_audit(directory, out, workers=workers)
+    print(format_table(result))
+    print(f"wrote {path}")
 
 
-@app.command()
-def thoughts() -> None:
-    """Make thought videos for a manifest with a generator (sharded, resumable)."""
-    _not_ready("thoughts", 7)
+thoughts_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Make thought videos for a manifest with a generator (sharded, resumable).",
+)
+app.add_typer(thoughts_app, name="thoughts")
+
+
+@thoughts_app.callback(invoke_without_command=True)
+def thoughts(
+    ctx: typer.Context,
+    manifest: Path | None = typer.Option(None, "--manifest", help="Input manifest (JSONL)."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder DIR."),
+    generator: str | None = typer.Option(None, "--generator", help="procedural, diffusers or degrade."),
+    config: Path | None = typer.Option(None, "--config", help="Generator config YAML."),
+    overrides: list[str] = typer.Option([], "--set", help="Config override key=value (repeatable)."),
+    shard: str | None = typer.Option(None, "--shard", help="Process rows with index % n == i (i/n)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate rows that are already done."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar with ETA."),
+) -> None:
+    """Make thought videos for a manifest with a generator (sharded, resumable).
+
+    Writes DIR/thoughts/<id>.mp4 and DIR/manifest.jsonl (or DIR/manifest.shard-i-of-n.jsonl),
+    then prints seconds per thought video and GPU memory (also in DIR/stats*.json).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from stormvl.thoughts import build_generator, parse_shard, run_thoughts
+
+    missing = [f for f, v in (("--manifest", manifest), ("--out", out), ("--generator", generator)) if v is None]
+    if missing:
+        raise UserError(f"stormvl thoughts: missing {', '.join(missing)}")
+    shard_t = parse_shard(shard)
+    gen = build_generator(generator, str(config) if config else None, overrides)
+    gen.load()  # missing weights / no GPU fail here, before any row is touched
+    stats = run_thoughts(manifest, out, gen, shard_t, overwrite, progress,
+                         log=lambda msg: typer.echo(msg, err=True))
+    typer.echo("\n".join(stats.describe()))
+
+
+@thoughts_app.command("merge")
+def thoughts_merge(
+    dirs: list[Path] = typer.Argument(..., help="Output folder(s) holding the shard results."),
+    out: Path | None = typer.Option(None, "--out", help="Merged folder (default: the first DIR)."),
+) -> None:
+    """Merge shard manifests into one DIR/manifest.jsonl, checking every shard finished."""
+    from stormvl.thoughts import merge_shards
+
+    stats = merge_shards(dirs, out)
+    typer.echo(f"merged {len(stats.ids)} rows from shards into {(out or dirs[0]) / 'manifest.jsonl'}")
+    typer.echo("\n".join(stats.describe()))
 
 
 @app.command(context_settings={"allow_extra_args": False})
@@ -250,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
     _quiet_libraries()
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)  # Ctrl-C comes back as 130, not raised
+        if isinstance(rc, int) and rc:
+            return rc
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

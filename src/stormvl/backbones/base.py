@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
+import types
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
 from transformers import DynamicCache
 
 LATENT_TOKENS = ("<|latent_start|>", "<|latent|>", "<|latent_end|>")
@@ -199,6 +203,50 @@ def add_latent_tokens(model, tokenizer) -> list[int]:
     return tokenizer.convert_tokens_to_ids(list(LATENT_TOKENS))
 
 
+def _linear_patch_embed(self, pixels: torch.Tensor) -> torch.Tensor:
+    # (N, C*tp*p*p) rows are laid out (C, tp, p, p), exactly the Conv3d kernel's flattening
+    w = self.proj.weight  # (D, C, tp, p, p)
+    return F.linear(pixels.to(w.dtype).reshape(-1, w[0].numel()), w.reshape(w.shape[0], -1), self.proj.bias)
+
+
+def use_linear_patch_embed(patch_embed) -> None:
+    """Run the tower's Conv3d patch embedding as the equivalent matmul.
+
+    kernel == stride == one patch, so the convolution is a linear map of each flattened
+    patch; on CPU the Conv3d path was the largest single cost of the tower (REFERENCES.md
+    section 6). Weights stay in the Conv3d parameter, so checkpoints are unchanged.
+    """
+    patch_embed.forward = types.MethodType(_linear_patch_embed, patch_embed)
+
+
+def _batched_vision_attention(self, hidden_states, cu_seqlens, position_embeddings=None,
+                              max_seqlen=None, **kwargs):
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    if (self.config._attn_implementation not in ("sdpa", "eager") or len(set(lengths)) != 1
+            or (self.training and self.attention_dropout)):
+        return type(self).forward(self, hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
+    s, n, m = hidden_states.shape[0], len(lengths), lengths[0]
+    qkv = self.qkv(hidden_states).reshape(s, 3, self.num_heads, -1).permute(1, 0, 2, 3)
+    q, k, v = qkv.unbind(0)  # (S, H, d) each
+    rope = sys.modules[type(self).__module__].apply_rotary_pos_emb_vision
+    q, k = rope(q, k, *position_embeddings)
+    q, k, v = (t.reshape(n, m, self.num_heads, -1).transpose(1, 2) for t in (q, k, v))  # (n, H, m, d)
+    out = F.scaled_dot_product_attention(q, k, v, scale=self.scaling)  # (n, H, m, d)
+    return self.proj(out.transpose(1, 2).reshape(s, -1))
+
+
+def use_batched_vision_attention(visual) -> None:
+    """One attention call over all equal-length frames / windows instead of a Python loop.
+
+    transformers' non-flash vision attention loops over frames (Qwen3-VL) or windows
+    (Qwen2.5-VL) one sdpa call at a time; when every chunk has the same length (the usual
+    case for video) they are stacked into a batch. Other cases use the original forward.
+    """
+    for mod in visual.modules():
+        if type(mod).__name__.endswith("VisionAttention"):
+            mod.forward = types.MethodType(_batched_vision_attention, mod)
+
+
 def read_stormvl_meta(path: str | Path) -> dict | None:
     """The ``stormvl.json`` beside a checkpoint's weights, or None for a plain HF model."""
     p = Path(path) / META_FILE
@@ -226,6 +274,8 @@ class Backbone:
         self.tokenizer = tokenizer
         self.video = video or VideoSettings()
         self.max_latents = max_latents
+        # activation checkpointing per language-model call (cache-safe; see _run_checkpointed)
+        self.checkpoint_slices = False
         self.latent_start_id, self.latent_id, self.latent_end_id = add_latent_tokens(model, tokenizer)
         ids = tokenizer.convert_tokens_to_ids
         self.im_start_id, self.im_end_id = ids("<|im_start|>"), ids("<|im_end|>")
@@ -235,8 +285,13 @@ class Backbone:
             raise ValueError("tokenizer and model config disagree on the <|video_pad|> id")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids("<|endoftext|>")
         self.eos_ids = {self.im_end_id, ids("<|endoftext|>")}
+        # placeholders a reply must never contain (their LM-head rows start as copies)
+        self.never_generate = [self.latent_start_id, self.latent_id, self.latent_end_id,
+                               self.video_token_id, ids("<|image_pad|>"), ids("<|vision_pad|>")]
         vc = model.config.vision_config
         self.patch, self.merge, self.temporal_patch = vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size
+        use_linear_patch_embed(model.model.visual.patch_embed)
+        use_batched_vision_attention(model.model.visual)
 
     # ----- family hooks -------------------------------------------------------------------
     @staticmethod
@@ -423,35 +478,63 @@ class Backbone:
             parts.append((b.next_position[:, None] + extra[None, :]).unsqueeze(0).expand(3, -1, -1))
         return torch.cat(parts, dim=2)
 
-    def run(self, ctx: Context, cache: DynamicCache, start: int, embeds: torch.Tensor) -> torch.Tensor:
+    def run(self, ctx: Context, cache: DynamicCache | None, start: int, embeds: torch.Tensor) -> torch.Tensor:
         """One language-model call over columns [start, start + n) with the shared cache.
 
         Args:
             ctx: from ``prepare``.
-            cache: holds exactly the first ``start`` columns.
+            cache: holds exactly the first ``start`` columns; None = no cache (a single
+                pass from column 0, where transformers' own activation checkpointing works).
             start: first column of this slice.
             embeds: (B, n, D) input embeddings of the slice.
         Returns:
             (B, n, D) final post-norm hidden states.
         """
         n = embeds.shape[1]
-        seen = cache.get_seq_length()
+        seen = cache.get_seq_length() if cache is not None else 0
         if seen != start:
             raise ValueError(f"stale cache: it holds {seen} positions but the slice starts at {start}")
+        lm = self.language_model
+        training = lm.training and torch.is_grad_enabled()
+        if cache is not None and training and getattr(lm, "gradient_checkpointing", False):
+            # transformers' checkpointed layers drop past_key_values: every slice after the
+            # first would attend only to itself, with no error
+            raise ValueError("transformers gradient checkpointing drops the KV cache the latent chain "
+                             "needs; call model.activation_checkpointing_disable() and set "
+                             "backbone.checkpoint_slices = True instead")
         b = ctx.batch
         end = start + n
         mask = b.attention_mask[:, : min(end, b.length)]
         if end > b.length:
             mask = torch.cat([mask, mask.new_ones(b.size, end - b.length)], dim=1)
-        out = self.language_model(
-            inputs_embeds=embeds,
-            position_ids=self.positions(ctx, start, n),
-            attention_mask=mask,
-            past_key_values=cache,
-            use_cache=True,
-            **self._lm_extra_kwargs(ctx, start, n),
-        )
-        return out.last_hidden_state
+        kwargs = dict(position_ids=self.positions(ctx, start, n), attention_mask=mask,
+                      use_cache=cache is not None, **self._lm_extra_kwargs(ctx, start, n))
+        if cache is not None and training and self.checkpoint_slices:
+            return self._run_checkpointed(cache, embeds, kwargs)
+        return lm(inputs_embeds=embeds, past_key_values=cache, **kwargs).last_hidden_state
+
+    def _run_checkpointed(self, cache: DynamicCache, embeds: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """One slice under activation checkpointing, cache-safe.
+
+        The slice runs on a temporary cache rebuilt from the saved past keys / values, and
+        returns its new keys / values as outputs, so the backward replay cannot append to
+        the shared cache a second time.
+        """
+        n = embeds.shape[1]
+        past = [t for layer in cache.layers if layer.is_initialized for t in (layer.keys, layer.values)]
+
+        def fn(x, *flat):
+            tmp = self.new_cache()
+            for i in range(0, len(flat), 2):
+                tmp.update(flat[i], flat[i + 1], i // 2)
+            h = self.language_model(inputs_embeds=x, past_key_values=tmp, **kwargs).last_hidden_state
+            new = [t[:, :, -n:] for layer in tmp.layers for t in (layer.keys, layer.values)]
+            return (h, *new)
+
+        h, *new = torch.utils.checkpoint.checkpoint(fn, embeds, *past, use_reentrant=False)
+        for i in range(0, len(new), 2):
+            cache.update(new[i], new[i + 1], i // 2)
+        return h
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(hidden)

@@ -97,6 +97,9 @@ _SIZES = {
     # text hidden, layers, heads, kv heads, mlp; vision hidden, depth, heads, mlp
     "tiny": dict(hidden=64, layers=2, heads=4, kv=2, mlp=128, v_hidden=32, v_depth=1, v_heads=2, v_mlp=64),
     "small": dict(hidden=128, layers=2, heads=4, kv=2, mlp=256, v_hidden=64, v_depth=2, v_heads=4, v_mlp=128),
+    # the shape of Qwen2.5-VL-7B (random init; GPU speed runs only), vocabulary padded as released
+    "7b": dict(hidden=3584, layers=28, heads=28, kv=4, mlp=18944, v_hidden=1280, v_depth=32,
+               v_heads=16, v_mlp=3420, vocab=152064),
 }
 
 
@@ -117,7 +120,7 @@ def _qwen2_5_vl_config(s: dict, vocab: int, ids: dict):
         depth=s["v_depth"], hidden_size=s["v_hidden"], intermediate_size=s["v_mlp"],
         num_heads=s["v_heads"], out_hidden_size=s["hidden"], patch_size=14,
         temporal_patch_size=2, spatial_merge_size=2, tokens_per_second=2, window_size=112,
-        fullatt_block_indexes=[s["v_depth"] - 1],
+        fullatt_block_indexes=[i for i in range(s["v_depth"]) if i % 8 == 7] or [s["v_depth"] - 1],
     )
     return Qwen2_5_VLConfig(
         text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
@@ -152,12 +155,18 @@ def _qwen3_vl_config(s: dict, vocab: int, ids: dict):
 
 
 def build_tiny(
-    family: str = "qwen2_5_vl", size: str = "tiny", seed: int = 0, video: VideoSettings | None = None
+    family: str = "qwen2_5_vl",
+    size: str = "tiny",
+    seed: int = 0,
+    video: VideoSettings | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
 ) -> Backbone:
-    """A randomly initialised fp32 backbone of the given family and size, fully offline.
+    """A randomly initialised backbone of the given family and size, fully offline.
 
     The latent tokens are added through the same path a real checkpoint takes (new rows
-    copied from existing tokens, embeddings and LM head resized).
+    copied from existing tokens, embeddings and LM head resized). ``size="7b"`` is the
+    Qwen2.5-VL-7B shape, for GPU speed runs (built directly on ``device`` in ``dtype``).
     """
     from stormvl.backbones import ADAPTERS, add_latent_tokens
 
@@ -168,10 +177,12 @@ def build_tiny(
     tokenizer = build_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     make = _qwen2_5_vl_config if family == "qwen2_5_vl" else _qwen3_vl_config
-    config = make(_SIZES[size], len(tokenizer), ids)
+    shape = _SIZES[size]
+    config = make(shape, shape.get("vocab", len(tokenizer)), ids)
     cls = ADAPTERS[family]
     torch.manual_seed(seed)
-    model = cls.model_class()(config).eval()
+    with torch.device(device):
+        model = cls.model_class()._from_config(config, dtype=dtype).eval()
     add_latent_tokens(model, tokenizer)
     return cls(model, tokenizer, video=video or cls.tiny_video_settings())
 

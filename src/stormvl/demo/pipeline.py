@@ -82,7 +82,7 @@ def train_config(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
                    "oracle_frames": max(1, preset.frames // 2)},
         "targets": {"encoder": "random_projection", "frames": preset.frames},
         "align": {"weight": preset.align_weight},
-        "data": {"train": str(manifest), "split": "train"},
+        "data": {"train": str(manifest), "split": "train", "num_workers": preset.data_workers},
         "video": {"num_frames": preset.frames, "max_pixels": preset.size * preset.size,
                   "min_pixels": 16 * 16},
         "optim": {"lr": preset.lr, "max_steps": steps, "batch_size": preset.batch_size,

@@ -37,6 +37,7 @@ class Preset:
     diag_n: int = 96  # test questions used by the latent diagnostics
     seeds: int = 1
     synth_workers: int = 2
+    data_workers: int = 1  # DataLoader decode workers (overlap video decoding with compute)
     methods: tuple[str, ...] = field(default=METHODS)
 
     def with_seeds(self, seeds: int | None) -> Preset:
@@ -47,9 +48,9 @@ PRESETS: dict[str, Preset] = {
     "test": Preset(
         name="test", families=("shell_game", "event_order"), n_train=24, n_val=8, n_test=16,
         n_ood=8, frames=8, size=32, backbone="tiny:qwen2_5_vl:tiny", steps=4, batch_size=4,
-        k=2, curve_points=2, eval_batch=8, diag_n=16, synth_workers=1,
+        k=2, curve_points=2, eval_batch=8, diag_n=16, synth_workers=1, data_workers=0,
     ),
-    "quick": Preset(name="quick"),
+    "quick": Preset(name="quick", steps=120, n_val=64, curve_points=2),
     "full": Preset(
         name="full", n_train=12000, n_val=240, n_test=1200, n_ood=600, frames=10, size=56,
         steps=1000, batch_size=32, curve_points=5, diag_n=480, seeds=5,

@@ -111,7 +111,8 @@ def forward_train(bb: Backbone, batch: Batch, projector: nn.Module | None = None
     """Training forward with the cached latent chain; gradients flow through every step."""
     _check_k(bb, batch)
     ctx = bb.prepare(batch)
-    hidden, latents, _ = rollout(bb, ctx, bb.new_cache(), projector)
+    # K = 0 needs no cache: one pass, where transformers' activation checkpointing applies
+    hidden, latents, _ = rollout(bb, ctx, bb.new_cache() if batch.k else None, projector)
     loss, logits, n = _loss(bb, batch, hidden)
     return TrainOutput(loss, logits, latents, hidden, n)
 
@@ -212,8 +213,10 @@ def generate(
     n_gen = torch.zeros(batch.size, dtype=torch.long, device=dev)
     eos = torch.tensor(sorted(bb.eos_ids), device=dev)
     pos = batch.length
+    banned = torch.tensor(bb.never_generate, device=dev)
     for step in range(max_new_tokens):
-        tok = _pick(bb.lm_head(h), do_sample, temperature, top_p, generator)
+        logits = bb.lm_head(h).index_fill(-1, banned, float("-inf"))  # (B, V)
+        tok = _pick(logits, do_sample, temperature, top_p, generator)
         tok = torch.where(done, torch.full_like(tok, bb.pad_id), tok)
         n_gen += (~done).long()
         out.append(tok)

@@ -80,8 +80,13 @@ def _load(source: str, cfg: TrainConfig):
     tiny = parse_tiny(source)
     if tiny:
         bb = build_tiny(family=tiny[0], size=tiny[1], seed=cfg.model.init_seed)
+        bb.model.to(DTYPES[cfg.model.dtype])
         bb.video = video
         return bb
+    local = Path(source)
+    if local.is_dir() and not any(local.glob("*.safetensors")):
+        raise UserError(f"{source}: no *.safetensors weights; stormvl loads weights only from "
+                        "safetensors (pickled .bin files can run code)")
     return load_backbone(source, family=cfg.model.family, dtype=DTYPES[cfg.model.dtype],
                          video=video, trust_remote_code=cfg.model.trust_remote_code)
 
@@ -115,8 +120,37 @@ def build_model(cfg: TrainConfig, resume_from: Path | None = None) -> Built:
     if lora:
         peft_model = _apply_lora(bb, cfg, resume_from)
     if cfg.model.gradient_checkpointing:
-        bb.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint_mlps(bb.language_model)
     return Built(bb, peft_model)
+
+
+def checkpoint_mlps(language_model) -> int:
+    """Activation checkpointing of every decoder layer's MLP (the bulk of activations).
+
+    Whole-layer checkpointing does not fit the latent engine: HF turns the KV cache off
+    under it (the engine then refuses the stale cache), and recomputing attention would
+    append to the shared cache a second time. The MLP touches no cache, so it is recomputed
+    in backward instead of stored. Patches ``forward`` per instance: weights and state-dict
+    names are unchanged.
+
+    Returns:
+        the number of MLPs wrapped.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    n = 0
+    for layer in language_model.layers:
+        mlp = layer.mlp
+        inner = mlp.forward
+
+        def forward(*args, _inner=inner, **kwargs):
+            if torch.is_grad_enabled():
+                return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+            return _inner(*args, **kwargs)
+
+        mlp.forward = forward
+        n += 1
+    return n
 
 
 def _apply_lora(bb, cfg: TrainConfig, resume_from: Path | None):
@@ -135,6 +169,18 @@ def _apply_lora(bb, cfg: TrainConfig, resume_from: Path | None):
 
 def save_model(built: Built, path: Path, meta: dict) -> None:
     """Weights (full HF model, or LoRA adapters) + tokenizer + stormvl.json into ``path``."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar inside the run's bar
+    try:
+        _save_model(built, path, meta)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
+def _save_model(built: Built, path: Path, meta: dict) -> None:
     bb = built.backbone
     if built.peft_model is None:
         bb.save(path, meta)
@@ -174,7 +220,38 @@ def export_merged(checkpoint: str | Path, out: str | Path) -> Path:
     keep = {k: v for k, v in meta.items() if k not in ("stormvl_version", "backbone", "video", "max_latents")}
     keep["lora"] = False
     keep["exported_from"] = str(checkpoint)
-    return bb.save(Path(out), keep)
+    path = bb.save(Path(out), keep)
+    copy_processor_files(cfg.model.backbone, path)
+    return path
+
+
+PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json",
+                   "processor_config.json", "chat_template.json", "chat_template.jinja")
+
+
+def copy_processor_files(base: str, out: Path) -> list[str]:
+    """Copy the base model's processor settings and chat template next to exported weights.
+
+    Local folders are read directly; hub ids only from the local HF cache (no download).
+    Returns the names copied (none for the tiny backbones, which have no processor files).
+    """
+    import shutil
+
+    copied = []
+    for name in PROCESSOR_FILES:
+        src = Path(base) / name
+        if not src.is_file() and not parse_tiny(base):
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                hit = try_to_load_from_cache(base, name)
+                src = Path(hit) if isinstance(hit, str) else src
+            except Exception:  # not a hub id, or no cache: nothing to copy
+                pass
+        if src.is_file() and not (out / name).exists():
+            shutil.copy(src, out / name)
+            copied.append(name)
+    return copied
 
 
 def run_meta(cfg: TrainConfig, step: int) -> dict:

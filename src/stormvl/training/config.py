@@ -257,6 +257,10 @@ class TrainConfig:
                 "targets.encoder=backbone needs model.freeze_vision=true "
                 "(a vision tower trained by the same loss gives collapsing targets)"
             )
+        if (self.method.name == "storm" and self.method.stage == 2 and self.align.stage2_weight > 0
+                and encoder == "frozen_copy"):
+            out.append("align.stage2_weight > 0 needs targets.encoder random_projection or backbone "
+                       "(a stage-2 tower copy would not be the stage-1 targets)")
         return out
 
     @property

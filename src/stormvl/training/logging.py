@@ -7,12 +7,12 @@ killed run) are dropped, so the logged curve is the one an uninterrupted run wou
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 from stormvl.data.manifest import JsonlAppender, read_jsonl_tolerant
+from stormvl.io import write_text_atomic
 from stormvl.training.config import TrainConfig
 
 _SHOWN = ("loss", "ce", "align", "cos")
@@ -21,9 +21,7 @@ _SHOWN = ("loss", "ce", "align", "cos")
 def truncate_metrics(path: Path, step: int) -> None:
     """Keep rows with ``step <= step`` (atomic rewrite)."""
     rows = [r for r in read_jsonl_tolerant(path) if int(r.get("step", 0)) <= step]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 class MetricsLog:

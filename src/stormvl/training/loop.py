@@ -108,12 +108,14 @@ class TrainModule(nn.Module):
     def forward(self, batch, targets: torch.Tensor | None = None, mask: torch.Tensor | None = None):
         out = self.engine(batch)
         parts = {"ce": out.loss, "loss": out.loss}
-        if self.projector is not None and targets is not None and self.align_weight > 0:
+        if self.projector is not None and self.align_weight > 0:
             pred = self.projector(out.latents)  # (B, K, P, D_t)
-            al = align_loss(pred, targets, self.kind, self.temperature, mask)
-            parts["align"] = al
-            parts["cos"] = cosine_agreement(pred[mask], targets[mask]) if mask.any() else al * 0
-            parts["loss"] = out.loss + self.align_weight * al
+            if targets is None:  # no sample here has a thought video: a zero term keeps every
+                al = cos = pred.sum() * 0.0  # process's graph (and DDP's reducer) the same
+            else:
+                al = align_loss(pred, targets, self.kind, self.temperature, mask)
+                cos = cosine_agreement(pred[mask], targets[mask]) if mask.any() else al.detach() * 0
+            parts.update(align=al, cos=cos, loss=out.loss + self.align_weight * al)
         return parts
 
 
@@ -173,9 +175,46 @@ def _targets(cfg: TrainConfig, acc, bb, samples, root) -> dict:
     return report.parts
 
 
+def _accelerator(cfg: TrainConfig):
+    """An Accelerator for this launch; refuses layouts the loop does not support."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # a projector idle during the frozen_copy warm-up is the only parameter DDP may not see
+    unused = cfg.method.uses_align and cfg.targets.encoder == "frozen_copy"
+    # Under torchrun on a machine without CUDA, accelerate only goes multi-process on CPU
+    # (gloo) when asked to use the CPU; without this it would run N unaware copies.
+    acc = Accelerator(cpu=world > 1 and not torch.cuda.is_available(),
+                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)])
+    if acc.num_processes != world:
+        raise UserError(f"WORLD_SIZE={world} but accelerate sees {acc.num_processes} process(es)")
+    if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
+        # Saving would write sharded parameters through save_pretrained; not built or tested.
+        raise UserError(f"accelerate {acc.distributed_type.name} is not supported by stormvl train "
+                        "yet; use DDP (multi-GPU `accelerate launch` without an FSDP config), with LoRA "
+                        "for 7B models")
+    return acc
+
+
+def target_width(cfg: TrainConfig, hidden: int) -> int:
+    """Width of one target vector: the projection's ``dim`` (0 = hidden) or the tower's."""
+    return (cfg.targets.dim or hidden) if cfg.targets.encoder == "random_projection" else hidden
+
+
+def build_projector(cfg: TrainConfig, hidden: int) -> Projector:
+    """The Stage-I projector; stage 2 starts from stage 1's saved map when it has one."""
+    per = cfg.targets.per_step if cfg.targets.reduction == "multi" else 1
+    projector = Projector(hidden, target_width(cfg, hidden), per, cfg.align.projector)
+    saved = Path(cfg.method.stage1_checkpoint or "") / ckpt.PROJECTOR
+    if cfg.method.stage == 2 and saved.is_file() and projector.proj is not None:
+        from safetensors.torch import load_file
+
+        projector.load_state_dict(load_file(str(saved)))
+    return projector
+
+
 def setup(cfg: TrainConfig, resume: bool) -> Run:
     """Model, data, targets, optimiser, scheduler; restores a checkpoint when resuming."""
-    from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import set_seed
 
     from stormvl.latent import LatentModel
@@ -188,15 +227,7 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
         raise UserError(f"{out} already holds checkpoints; pass --resume or choose another out_dir")
     if last is not None:
         _check_resume(cfg, last)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    # Under torchrun on a machine without CUDA, accelerate only goes multi-process on CPU
-    # (gloo) when asked to use the CPU; without this it would run N unaware copies.
-    # a projector idle during the frozen_copy warm-up is the only parameter DDP may not see
-    unused = cfg.method.uses_align and cfg.targets.encoder == "frozen_copy"
-    acc = Accelerator(cpu=world > 1 and not torch.cuda.is_available(),
-                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)])
-    if acc.num_processes != world:
-        raise UserError(f"WORLD_SIZE={world} but accelerate sees {acc.num_processes} process(es)")
+    acc = _accelerator(cfg)
     set_seed(cfg.seed)
     built = build_model(cfg, last)
     bb = built.backbone
@@ -207,17 +238,11 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
             raise UserError(f"{cfg.data.train}: textcot needs samples with a rationale; none has one")
     if acc.is_main_process:
         print(summary)
-    use_align = cfg.method.uses_align and (cfg.align_weight > 0 or cfg.targets.encoder == "frozen_copy")
+    use_align = cfg.method.uses_align and cfg.align_weight > 0
     parts: dict = {}
     if use_align and cfg.targets.encoder != "frozen_copy":
         parts = _targets(cfg, acc, bb, samples, root)
-    projector = None
-    if use_align:
-        width = cfg.targets.dim or bb.hidden_size
-        if cfg.targets.encoder != "random_projection":
-            width = bb.hidden_size
-        per = cfg.targets.per_step if cfg.targets.reduction == "multi" else 1
-        projector = Projector(bb.hidden_size, width, per, cfg.align.projector)
+    projector = build_projector(cfg, bb.hidden_size) if use_align else None
     module = TrainModule(LatentModel(bb), projector, cfg)
     if cfg.targets.encoder == "frozen_copy":
         module.align_weight = 0.0  # CE-only warm-up until the tower copy is taken
@@ -275,7 +300,7 @@ def save(run: Run) -> Path:
     if acc.is_main_process:
         ckpt.clear_partial(cfg.out_dir)
         save_model(run.built, tmp, run_meta(cfg, step))
-        if module.projector is not None:
+        if module.projector is not None:  # identity projectors save an empty file: "no map"
             save_file({k: v.contiguous() for k, v in module.projector.state_dict().items()},
                       str(tmp / ckpt.PROJECTOR))
         extra = {"target_parts": run.target_parts, "align_weight": float(module.align_weight)}
@@ -349,7 +374,10 @@ def train_step(run: Run, it, last_good: Collated | None) -> tuple[dict, Collated
 
         skipped = gather_object(skipped)
     counts = acc.reduce(torch.tensor([requested, bad, good], device=acc.device, dtype=torch.float64), "sum")
-    loss = acc.reduce(torch.tensor([sums["loss"]], device=acc.device), "mean")
+    keys = sorted(sums)  # the same on every process: TrainModule always returns the same parts
+    means = acc.reduce(torch.tensor([sums[k] for k in keys], device=acc.device, dtype=torch.float64), "mean")
+    sums = dict(zip(keys, means.tolist(), strict=True))
+    loss = means[keys.index("loss")]
     params = [p for p in run.module.parameters() if p.requires_grad]
     clip = cfg.optim.clip if cfg.optim.clip > 0 else float("inf")
     grad_norm = acc.clip_grad_norm_(params, clip)
@@ -366,8 +394,8 @@ def train_step(run: Run, it, last_good: Collated | None) -> tuple[dict, Collated
     st.step += 1
     st.samples_seen += int(counts[2])
     st.bad_media += int(counts[1])
-    metrics = {k: v for k, v in sums.items()}
-    metrics.update(loss=float(loss), grad_norm=float(grad_norm), lr=run.scheduler.get_last_lr()[0],
+    metrics = dict(sums)
+    metrics.update(grad_norm=float(grad_norm), lr=run.scheduler.get_last_lr()[0],
                    samples=int(counts[2]), bad_media=st.bad_media)
     return metrics, last_good, skipped
 
@@ -386,7 +414,8 @@ def _maybe_take_tower_copy(run: Run) -> bool:
     """frozen_copy: after warm-up, snapshot the tower, build targets, turn alignment on."""
     cfg = run.cfg
     module = run.acc.unwrap_model(run.module)
-    if cfg.targets.encoder != "frozen_copy" or run.target_parts or run.state.step < cfg.targets.warmup_steps:
+    if (cfg.targets.encoder != "frozen_copy" or module.projector is None or run.target_parts
+            or run.state.step < cfg.targets.warmup_steps):
         return False
     run.target_parts = _targets(cfg, run.acc, run.built.backbone, run.samples, run.root)
     run.dataset.target_parts = run.target_parts
@@ -411,7 +440,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_step: Callable[[Run, dict],
     if acc.is_main_process:
         save_config(cfg, Path(cfg.out_dir) / "config.yaml")
     run.log = MetricsLog(cfg, acc.is_main_process, run.state.step)
-    it, last_good, final = iter(make_loader(run)), None, None
+    it, last_good = iter(make_loader(run)), None
+    final = ckpt.latest_checkpoint(cfg.out_dir)  # a resumed run may have nothing left to do
     try:
         while run.state.step < cfg.optim.max_steps:
             t0 = time.perf_counter()

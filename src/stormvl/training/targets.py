@@ -38,7 +38,7 @@ from torch import nn
 
 from stormvl.data.manifest import Sample, resolve_media
 from stormvl.data.video import read_clip
-from stormvl.errors import UserError, VideoError
+from stormvl.errors import ManifestError, UserError, VideoError
 from stormvl.training.config import TargetConfig
 
 # --- hashing -------------------------------------------------------------------------------
@@ -323,6 +323,6 @@ def build_targets(
                 cache.put(parts, reduce_targets(feats, k, cfg.reduction, cfg.per_step))
                 report.built += 1
             report.parts[s.id] = parts
-        except (UserError, OSError) as exc:
+        except (VideoError, ManifestError, OSError) as exc:  # bad media; config errors propagate
             report.failed.append((str(s.thought_video), str(exc)))
     return report

@@ -1,0 +1,1 @@
+"""One module per task family; the registry (``stormvl.synth.registry``) lists them in order."""
