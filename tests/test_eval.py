@@ -43,15 +43,6 @@ def save_checkpoint(bb, path: Path, method: str, k: int = 2, **video) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model is all per-call overhead: extra torch threads only contend for the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory) -> dict[str, Path]:
     from stormvl.backbones.tiny import build_tiny
