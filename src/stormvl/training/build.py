@@ -120,37 +120,10 @@ def build_model(cfg: TrainConfig, resume_from: Path | None = None) -> Built:
     if lora:
         peft_model = _apply_lora(bb, cfg, resume_from)
     if cfg.model.gradient_checkpointing:
-        checkpoint_mlps(bb.language_model)
+        # per language-model call, cache-safe (HF's own checkpointing drops the latent
+        # chain's KV cache; the engine refuses it)
+        bb.checkpoint_slices = True
     return Built(bb, peft_model)
-
-
-def checkpoint_mlps(language_model) -> int:
-    """Activation checkpointing of every decoder layer's MLP (the bulk of activations).
-
-    Whole-layer checkpointing does not fit the latent engine: HF turns the KV cache off
-    under it (the engine then refuses the stale cache), and recomputing attention would
-    append to the shared cache a second time. The MLP touches no cache, so it is recomputed
-    in backward instead of stored. Patches ``forward`` per instance: weights and state-dict
-    names are unchanged.
-
-    Returns:
-        the number of MLPs wrapped.
-    """
-    from torch.utils.checkpoint import checkpoint
-
-    n = 0
-    for layer in language_model.layers:
-        mlp = layer.mlp
-        inner = mlp.forward
-
-        def forward(*args, _inner=inner, **kwargs):
-            if torch.is_grad_enabled():
-                return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
-            return _inner(*args, **kwargs)
-
-        mlp.forward = forward
-        n += 1
-    return n
 
 
 def _apply_lora(bb, cfg: TrainConfig, resume_from: Path | None):
