@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -251,6 +252,9 @@ class Runner:
         self.gen = generation_settings(model, settings)
         self._count = backbone_counter(model.backbone)
         self._torch_gen = torch.Generator().manual_seed(settings.seed)
+        # prepare() runs in decode threads; a fast tokenizer must not be entered concurrently
+        # (its Rust state is borrowed per call: "Already borrowed" errors under contention)
+        self._encode_lock = threading.Lock()
 
     @property
     def method(self) -> str:
@@ -276,7 +280,7 @@ class Runner:
             thought = item.meta.get("thought_video")
             if not thought:
                 raise UserError(f"item {item.id}: the oracle method needs a thought video")
-            tn, _, th, tw = _source(EvalItem("", "", Path(thought), "", ""), v.timeout_s)
+            _, _, th, tw = _source(EvalItem("", "", Path(thought), "", ""), v.timeout_s)
             shapes.append((th, tw, self.model.oracle_frames))
         plans = plan_clips(shapes, v, self._count, bb.temporal_patch)
         clip = load_clip(item, num_frames=plans[0].num_frames)
@@ -288,7 +292,9 @@ class Runner:
                           .preprocess_video(tclip.frames, tclip.timestamps))
             t_idx = [int(i) for i in tclip.indices]
         prompt = Prompt(videos=videos, text=item.render_prompt(clip.timestamps), k=self.gen["k"])
-        return Prepared(item, bb.encode(prompt), [int(i) for i in clip.indices], t_idx,
+        with self._encode_lock:
+            encoded = bb.encode(prompt)
+        return Prepared(item, encoded, [int(i) for i in clip.indices], t_idx,
                         time.perf_counter() - t0)
 
     def run(self, prepared: Sequence[Prepared], projector: torch.nn.Module | None = None,
