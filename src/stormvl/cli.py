@@ -274,7 +274,7 @@ def answer(
 
 @app.command()
 def demo(
-    preset: str = typer.Option("quick", help="quick (smoke run, minutes) | full (5 seeds, evidence) | test"),
+    preset: str = typer.Option("quick", help="quick (smoke run, minutes) | full (5 seeds, evidence) | pilot (one family, longer) | test"),
     seeds: int = typer.Option(None, help="training seeds per method (default: the preset's)"),
     out: Path = typer.Option(Path("runs/demo"), help="output folder (re-run to resume)"),
 ) -> None:

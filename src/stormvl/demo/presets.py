@@ -51,8 +51,15 @@ PRESETS: dict[str, Preset] = {
         k=2, curve_points=2, eval_batch=8, diag_n=16, synth_workers=1, data_workers=0,
     ),
     "quick": Preset(name="quick", steps=120, n_val=64, curve_points=2),
+    # sized for the 90-minute budget on 2 cores: 25 runs of 600 steps of 16 questions
     "full": Preset(
-        name="full", n_train=12000, n_val=240, n_test=1200, n_ood=600, frames=10, size=56,
-        steps=1000, batch_size=32, curve_points=5, diag_n=480, seeds=5,
+        name="full", n_train=6000, n_val=96, n_test=600, n_ood=300, steps=600,
+        curve_points=3, diag_n=240, seeds=5,
+    ),
+    # the REFERENCES.md section 6 pilot's task (shell game, 10 frames of 56x56) at a budget
+    # a 2-core machine finishes in about half an hour: one family, longer training
+    "pilot": Preset(
+        name="pilot", families=("shell_game",), n_train=4000, n_val=64, n_test=400, n_ood=200,
+        frames=10, size=56, steps=1000, curve_points=4, diag_n=200,
     ),
 }
