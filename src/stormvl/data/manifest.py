@@ -134,24 +134,35 @@ def parse_row(row: Any, where: str) -> Sample:
 
 def iter_manifest(path: str | Path) -> Iterator[Sample]:
     """Yield validated samples; raises ManifestError naming file and line."""
+    seen: set[str] = set()
+    for where, row in iter_jsonl(path, "manifest", ManifestError):
+        sample = parse_row(row, where)
+        if sample.id in seen:
+            raise ManifestError(f"{where}: field 'id': duplicate id {sample.id!r}")
+        seen.add(sample.id)
+        yield sample
+
+
+def iter_jsonl(
+    path: str | Path, what: str = "file", error: type[Exception] = ManifestError
+) -> Iterator[tuple[str, Any]]:
+    """Yield ("file:line", decoded row) for each non-empty line of a JSONL file.
+
+    Raises:
+        ``error``: the file is missing or a line is not valid JSON (file and line named).
+    """
     path = Path(path)
     if not path.is_file():
-        raise ManifestError(f"{path}: manifest not found")
-    seen: set[str] = set()
-    with path.open() as fh:
+        raise error(f"{path}: {what} not found")
+    with path.open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             where = f"{path}:{n}"
             try:
-                row = json.loads(line)
+                yield where, json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ManifestError(f"{where}: not valid JSON ({exc.msg})") from None
-            sample = parse_row(row, where)
-            if sample.id in seen:
-                raise ManifestError(f"{where}: field 'id': duplicate id {sample.id!r}")
-            seen.add(sample.id)
-            yield sample
+                raise error(f"{where}: not valid JSON ({exc.msg})") from None
 
 
 def read_manifest(path: str | Path) -> list[Sample]:

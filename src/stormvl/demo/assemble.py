@@ -79,9 +79,8 @@ def cost_table(evals: dict, methods, seeds: int, thought_video_s: float) -> dict
 def thought_video_cost(test_dir: Path, n: int = 8) -> float:
     """Seconds to render one thought video with the procedural renderer (a lower bound:
     a video-generation model costs orders of magnitude more)."""
-    from stormvl.synth import regenerate
-
     from stormvl.data.manifest import read_manifest
+    from stormvl.synth import regenerate
 
     samples = read_manifest(test_dir / "manifest.jsonl")[:n]
     t0 = time.perf_counter()

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from stormvl.data.manifest import LETTERS
+from stormvl.data.manifest import LETTERS, iter_jsonl
 from stormvl.errors import UserError
 from stormvl.tasks import extract
 from stormvl.tasks.base import EvalItem
@@ -58,35 +58,24 @@ def read_predictions(path: str | Path) -> Predictions:
         UserError: missing file, invalid JSON, a row without a usable ``id`` / ``response``,
             or no rows at all.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: predictions file not found")
     out = Predictions({})
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{where}: a row must be a JSON object")
-            if "id" not in row:
-                raise UserError(f"{where}: missing field 'id'")
-            pid = row["id"]
-            if isinstance(pid, bool) or not isinstance(pid, (str, int)) or str(pid) == "":
-                raise UserError(f"{where}: field 'id' must be a non-empty string or integer")
-            if "response" not in row:
-                raise UserError(f"{where}: missing field 'response'")
-            if not isinstance(row["response"], str):
-                raise UserError(f"{where}: field 'response' must be a string")
-            key = str(pid)
-            if key in out.responses:
-                out.duplicates.append(key)
-                continue
-            out.responses[key] = row["response"]
+    for where, row in iter_jsonl(path, "predictions file", UserError):
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: a row must be a JSON object")
+        if "id" not in row:
+            raise UserError(f"{where}: missing field 'id'")
+        pid = row["id"]
+        if isinstance(pid, bool) or not isinstance(pid, (str, int)) or str(pid) == "":
+            raise UserError(f"{where}: field 'id' must be a non-empty string or integer")
+        if "response" not in row:
+            raise UserError(f"{where}: missing field 'response'")
+        if not isinstance(row["response"], str):
+            raise UserError(f"{where}: field 'response' must be a string")
+        key = str(pid)
+        if key in out.responses:
+            out.duplicates.append(key)
+            continue
+        out.responses[key] = row["response"]
     if not out.responses:
         raise UserError(f"{path}: no predictions in the file")
     return out
