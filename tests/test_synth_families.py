@@ -108,3 +108,14 @@ def test_bad_generate_arguments():
         generate("shell_game", 0, size=33)
     with pytest.raises(UserError, match="split"):
         generate("shell_game", 0, split="dev")
+
+
+def test_regenerate_refuses_other_generator_versions():
+    it = generate("speed", 0, frames=8, size=32)
+    meta = json.loads(json.dumps(it.meta))
+    meta["synth"]["version"] = 999
+    s = Sample(id="x", video="v.mp4", question="q?", options=["a", "b"], answer="A", meta=meta)
+    with pytest.raises(UserError, match="version 999"):
+        regenerate(s)
+    with pytest.raises(UserError, match="no meta"):
+        regenerate(Sample(id="y", video="v.mp4", question="q?", options=["a", "b"], answer="A"))
