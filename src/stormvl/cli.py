@@ -7,6 +7,7 @@ becomes ``error: <message>`` on stderr and exit code 2.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
@@ -70,58 +71,263 @@ def audit(
     print(f"wrote {path}")
 
 
-@app.command()
-def thoughts() -> None:
-    """Make thought videos for a manifest with a generator (sharded, resumable)."""
-    _not_ready("thoughts", 7)
+thoughts_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Make thought videos for a manifest with a generator (sharded, resumable).",
+)
+app.add_typer(thoughts_app, name="thoughts")
 
 
-@app.command()
-def train() -> None:
+@thoughts_app.callback(invoke_without_command=True)
+def thoughts(
+    ctx: typer.Context,
+    manifest: Path | None = typer.Option(None, "--manifest", help="Input manifest (JSONL)."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder DIR."),
+    generator: str | None = typer.Option(None, "--generator", help="procedural, diffusers or degrade."),
+    config: Path | None = typer.Option(None, "--config", help="Generator config YAML."),
+    overrides: list[str] = typer.Option([], "--set", help="Config override key=value (repeatable)."),
+    shard: str | None = typer.Option(None, "--shard", help="Process rows with index % n == i (i/n)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate rows that are already done."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar with ETA."),
+) -> None:
+    """Make thought videos for a manifest with a generator (sharded, resumable).
+
+    Writes DIR/thoughts/<id>.mp4 and DIR/manifest.jsonl (or DIR/manifest.shard-i-of-n.jsonl),
+    then prints seconds per thought video and GPU memory (also in DIR/stats*.json).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from stormvl.thoughts import build_generator, parse_shard, run_thoughts
+
+    missing = [f for f, v in (("--manifest", manifest), ("--out", out), ("--generator", generator)) if v is None]
+    if missing:
+        raise UserError(f"stormvl thoughts: missing {', '.join(missing)}")
+    shard_t = parse_shard(shard)
+    gen = build_generator(generator, str(config) if config else None, overrides)
+    gen.load()  # missing weights / no GPU fail here, before any row is touched
+    stats = run_thoughts(manifest, out, gen, shard_t, overwrite, progress,
+                         log=lambda msg: typer.echo(msg, err=True))
+    typer.echo("\n".join(stats.describe()))
+
+
+@thoughts_app.command("merge")
+def thoughts_merge(
+    dirs: list[Path] = typer.Argument(..., help="Output folder(s) holding the shard results."),
+    out: Path | None = typer.Option(None, "--out", help="Merged folder (default: the first DIR)."),
+) -> None:
+    """Merge shard manifests into one DIR/manifest.jsonl, checking every shard finished."""
+    from stormvl.thoughts import merge_shards
+
+    stats = merge_shards(dirs, out)
+    typer.echo(f"merged {len(stats.ids)} rows from shards into {(out or dirs[0]) / 'manifest.jsonl'}")
+    typer.echo("\n".join(stats.describe()))
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    config: str = typer.Argument(..., help="YAML run config (see configs/ and docs/training.md)"),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. optim.lr=1e-4"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint"),
+) -> None:
     """Train a method (direct, textcot, latent, storm stage 1/2, oracle) from a YAML config."""
-    _not_ready("train", 4)
+    from stormvl.config import load_config
+    from stormvl.training.config import TrainConfig
+    from stormvl.training.loop import train as run_training
+
+    cfg = load_config(TrainConfig, config, overrides or [])
+    final = run_training(cfg, resume=resume)
+    print(f"done: {final}")
 
 
 @app.command()
-def export() -> None:
+def export(
+    checkpoint: str = typer.Argument(..., help="a LoRA training checkpoint folder"),
+    out: str = typer.Argument(..., help="where to write the merged Hugging Face checkpoint"),
+) -> None:
     """Merge LoRA adapters into a full Hugging Face checkpoint."""
-    _not_ready("export", 4)
+    from stormvl.training.build import export_merged
+
+    print(f"exported: {export_merged(checkpoint, out)}")
 
 
 @app.command()
-def score() -> None:
+def score(
+    benchmark: str = typer.Option(
+        ..., "--benchmark", help="videomme | mvbench | tempcompass | mmvu | synth"),
+    data: Path = typer.Option(..., "--data", help="The benchmark's local dataset folder."),
+    predictions: Path = typer.Option(
+        ..., "--predictions", help='JSONL lines {"id": ..., "response": "..."}.'),
+    out: Path | None = typer.Option(None, "--out", help="Write results JSON here."),
+    subtitles: bool = typer.Option(
+        False, "--subtitles", help="VideoMME: the replies came from the with-subtitles prompt."),
+    judge_url: str | None = typer.Option(
+        None, "--judge-url", help="OpenAI-compatible base URL of an LLM judge (off by default)."),
+    judge_model: str = typer.Option("gpt-4o-mini", "--judge-model", help="Judge model name."),
+    judge_key_env: str = typer.Option(
+        "OPENAI_API_KEY", "--judge-key-env", help="Environment variable holding the judge key."),
+    judge_cache: Path | None = typer.Option(
+        None, "--judge-cache", help="Judge answer cache (JSONL); default beside --out."),
+) -> None:
     """Score raw model replies on a benchmark as the standard harness does."""
-    _not_ready("score", 5)
+    from stormvl.tasks import breakdowns, load_benchmark
+    from stormvl.tasks import score as scoring
+
+    items = load_benchmark(benchmark, data, subtitles=subtitles, check_media=False)
+    preds = scoring.read_predictions(predictions)
+    judge = None
+    if judge_url:
+        from stormvl.tasks.judge import Judge, JudgeConfig
+
+        cache = judge_cache or (out.with_suffix(".judge_cache.jsonl") if out else
+                                Path("stormvl_judge_cache.jsonl"))
+        judge = Judge(JudgeConfig(judge_url, judge_model, judge_key_env, str(cache)))
+    try:
+        result = scoring.score(benchmark, items, preds, breakdowns(benchmark), judge)
+    finally:
+        if judge is not None:
+            judge.close()
+    result["settings"] = {"data": str(data), "predictions": str(predictions),
+                          "subtitles": subtitles, "judge_model": judge_model if judge else None}
+    print(scoring.render_table(result))
+    if out is not None:
+        scoring.write_results(out, result)
+        print(f"wrote {out}")
 
 
 @app.command(name="eval")
-def evaluate() -> None:
+def evaluate(
+    model: str = typer.Option(..., "--model", help="A stormvl checkpoint folder."),
+    benchmark: str = typer.Option(
+        ..., "--benchmark", help="videomme | mvbench | tempcompass | mmvu | synth"),
+    data: Path = typer.Option(..., "--data", help="The benchmark's local dataset folder."),
+    out: Path = typer.Option(..., "--out", help="Output folder (re-run to resume)."),
+    frames: int | None = typer.Option(None, "--frames", help="Uniform frames (default: checkpoint's)."),
+    fps: float | None = typer.Option(None, "--fps", help="Sample frames by rate instead."),
+    k: int | None = typer.Option(None, "--k", help="Latent steps (latent/storm checkpoints)."),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first N items."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Questions per generate call."),
+    max_new_tokens: int | None = typer.Option(
+        None, "--max-new-tokens", help="Reply budget (default 16; textcot 256)."),
+    subtitles: bool = typer.Option(False, "--subtitles", help="VideoMME with subtitles."),
+    device: str = typer.Option("auto", "--device", help="cpu | cuda[:i] | auto."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+) -> None:
     """Run a trained model over a benchmark; resumable, with cost accounting."""
-    _not_ready("eval", 5)
+    import os
+
+    from stormvl.evaluate import EvalSettings, Runner, load_model, run_eval
+    from stormvl.tasks import load_benchmark
+    from stormvl.tasks.score import render_table
+
+    world, barrier, rank = int(os.environ.get("WORLD_SIZE", "1")), None, 0
+    if world > 1:  # accelerate launch / torchrun: data parallel, one process per device
+        import torch
+        from accelerate import PartialState
+
+        state = PartialState(cpu=not torch.cuda.is_available())
+        rank, barrier = state.process_index, state.wait_for_everyone
+    items = load_benchmark(benchmark, data, subtitles=subtitles, check_media=False)
+    settings = EvalSettings(num_frames=frames, fps=fps, k=k, limit=limit, batch_size=batch_size,
+                            max_new_tokens=max_new_tokens, subtitles=subtitles)
+    runner = Runner(load_model(model, device), settings)
+    for w in runner.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    result = run_eval(runner, benchmark, items, out, data, rank, world, barrier,
+                      progress and rank == 0)
+    if result is not None:
+        print(render_table(result))
+        if result["failed"]:
+            print(f"{result['failed']} videos failed to load, counted as missing "
+                  f"(see {out / 'failed.jsonl'}):")
+            for f in result["failed_items"][:5]:
+                print(f"  {f['id']}: {f['error']}")
+        print(f"wrote {out / 'results.json'}, {out / 'results.md'}")
 
 
 @app.command()
-def answer() -> None:
+def answer(
+    model: str = typer.Option(..., "--model", help="A stormvl checkpoint folder."),
+    video: Path = typer.Option(..., "--video", help="The video file."),
+    question: str = typer.Option(..., "--question", help="The question."),
+    option: list[str] = typer.Option(None, "--option", help="An answer option (repeat)."),
+    k: int | None = typer.Option(None, "--k", help="Latent steps (latent/storm checkpoints)."),
+    frames: int | None = typer.Option(None, "--frames", help="Uniform frames (default: checkpoint's)."),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="Reply budget."),
+    device: str = typer.Option("auto", "--device", help="cpu | cuda[:i] | auto."),
+) -> None:
     """Answer one question about one video, with latency."""
-    _not_ready("answer", 5)
+    from stormvl.evaluate import EvalSettings, Runner, answer_question, load_model
+
+    if not video.is_file():  # before loading a model: a typo should fail fast
+        raise UserError(f"--video {video}: file not found")
+    settings = EvalSettings(num_frames=frames, k=k, max_new_tokens=max_new_tokens)
+    runner = Runner(load_model(model, device), settings)
+    row = answer_question(runner, video, question, option or [])
+    lat = row["latency_s"]
+    print(row["response"])
+    print(f"latency: prefill {lat['prefill'] * 1000:.1f} ms, latent rollout "
+          f"{lat['rollout'] * 1000:.1f} ms, decode {lat['decode'] * 1000:.1f} ms "
+          f"({row['generated_tokens']} tokens, K = {row['latent_steps']}); "
+          f"video load {row['load_s'] * 1000:.1f} ms", file=sys.stderr)
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    preset: str = typer.Option("quick", help="quick (smoke run, minutes) | full (5 seeds, evidence) | test"),
+    seeds: int = typer.Option(None, help="training seeds per method (default: the preset's)"),
+    out: Path = typer.Option(Path("runs/demo"), help="output folder (re-run to resume)"),
+) -> None:
     """The whole method end to end on the built-in suite, with a report."""
-    _not_ready("demo", 6)
+    from stormvl.demo.pipeline import run_demo
+    from stormvl.demo.presets import PRESETS
+    from stormvl.report.demo_report import headline
+
+    if preset not in PRESETS:
+        raise UserError(f"--preset {preset!r}: choose from {', '.join(PRESETS)}")
+    if seeds is not None and seeds < 1:
+        raise UserError("--seeds must be >= 1")
+    results = run_demo(PRESETS[preset].with_seeds(seeds), out, log=lambda m: print(m, flush=True))
+    print(headline(results))
+    print(f"report: {out / 'report.md'}  page: {out / 'index.html'}")
 
 
 @app.command()
-def report() -> None:
+def report(folder: Path = typer.Argument(..., help="a demo output folder with results.json")) -> None:
     """Rebuild report.md / index.html / plots from a results folder."""
-    _not_ready("report", 6)
+    import json
+
+    from stormvl.report.demo_report import headline, write_report
+
+    path = folder / "results.json"
+    if not path.is_file():
+        raise UserError(f"{path}: not found (run `stormvl demo --out {folder}` first)")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg})") from None
+    write_report(results, folder)
+    print(headline(results))
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bars say what runs; per-checkpoint "Loading weights" bars are noise."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
+    _quiet_libraries()
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)  # Ctrl-C comes back as 130, not raised
+        if isinstance(rc, int) and rc:
+            return rc
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

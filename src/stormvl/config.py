@@ -121,6 +121,7 @@ def _build(cls: type[T], data: dict, where: str, problems: list[str]) -> T:
             hint = f" (did you mean {sorted(close)}?)" if close else ""
             problems.append(f"{where}{'.' if where else ''}{key}: unknown key{hint}")
     kwargs = {}
+    before = len(problems)
     for f in dataclasses.fields(cls):
         if f.init and f.name in data:
             path = f"{where}.{f.name}" if where else f.name
@@ -132,7 +133,14 @@ def _build(cls: type[T], data: dict, where: str, problems: list[str]) -> T:
         return cls()
     check = getattr(obj, "validate", None)
     if callable(check):
-        for p in check() or []:
+        try:
+            found = check() or []
+        except (TypeError, ValueError, AttributeError):
+            # a field already failed its type check; validate() may assume good types
+            if len(problems) == before:
+                raise
+            found = []
+        for p in found:
             problems.append(f"{where}{'.' if where else ''}{p}")
     return obj
 

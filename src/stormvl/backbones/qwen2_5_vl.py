@@ -1,0 +1,87 @@
+"""Qwen2.5-VL adapter (``Qwen2_5_VLForConditionalGeneration``, transformers 5.23).
+
+Position ids follow the ORIGINAL Qwen2.5-VL scheme, the one the released checkpoints were
+trained with: a video's temporal id is ``floor(grid_index * tokens_per_second *
+second_per_grid)`` with the fraction kept until that final truncation, height / width ids
+are the merged-grid row / column, all offset by the block start, and text after a video
+continues at (largest id so far) + 1. transformers 5.23's ``get_rope_index`` instead
+advances text after a video by ``max(grid_h, grid_w) / merge``, so its text ids overlap the
+video's temporal ids (REFERENCES.md section 3); we never let the model compute positions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from stormvl.backbones import video_processing as vp
+from stormvl.backbones.base import Backbone, VideoInputs, VideoSettings
+
+
+def qwen2_5_video_positions(
+    grid_thw: tuple[int, int, int], merge: int, tokens_per_second: float, second_per_grid: float
+) -> torch.Tensor:
+    """Relative (3, t*h*w/merge^2) ids of one video block (original Qwen2.5-VL formula)."""
+    gt, gh, gw = grid_thw[0], grid_thw[1] // merge, grid_thw[2] // merge
+    # 1e-9 guards exact multiples against float noise (e.g. 3 * 0.1 * 10 = 2.9999999999999996)
+    t = torch.tensor([math.floor(g * tokens_per_second * second_per_grid + 1e-9) for g in range(gt)])
+    tt = t.view(-1, 1, 1).expand(gt, gh, gw)
+    hh = torch.arange(gh).view(1, -1, 1).expand(gt, gh, gw)
+    ww = torch.arange(gw).view(1, 1, -1).expand(gt, gh, gw)
+    return torch.stack([tt, hh, ww]).reshape(3, -1)
+
+
+class Qwen2_5_VL(Backbone):
+    family = "qwen2_5_vl"
+    default_system = "You are a helpful assistant."
+    image_mean, image_std = vp.OPENAI_CLIP_MEAN, vp.OPENAI_CLIP_STD
+    default_min_pixels, default_max_pixels = 128 * 28 * 28, 768 * 28 * 28  # per frame (HF video defaults)
+
+    @staticmethod
+    def model_class():
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        return Qwen2_5_VLForConditionalGeneration
+
+    @classmethod
+    def tiny_video_settings(cls) -> VideoSettings:
+        return VideoSettings(min_pixels=28 * 28, max_pixels=56 * 56)
+
+    def _pixel_bounds(self) -> tuple[int, int]:
+        lo = self.video.min_pixels or self.default_min_pixels
+        hi = self.video.max_pixels or self.default_max_pixels
+        return lo, hi
+
+    def video_token_count(self, num_frames: int, height: int, width: int) -> int:
+        lo, hi = self._pixel_bounds()
+        h, w = vp.smart_resize_frame(height, width, self.patch * self.merge, lo, hi)
+        gt = -(-num_frames // self.temporal_patch)
+        return gt * (h // self.patch) * (w // self.patch) // self.merge**2
+
+    def preprocess_video(self, frames, timestamps) -> VideoInputs:
+        x, ts = vp.check_frames(frames, timestamps)  # (T, 3, H, W) uint8
+        spg = vp.second_per_grid(ts, self.temporal_patch)
+        lo, hi = self._pixel_bounds()
+        h, w = vp.smart_resize_frame(x.shape[-2], x.shape[-1], self.patch * self.merge, lo, hi)
+        x = vp.normalize(vp.resize_frames(x, h, w), self.image_mean, self.image_std)
+        x, ts = vp.pad_time(x, ts, self.temporal_patch)
+        pv, grid = vp.patchify(x, self.patch, self.merge, self.temporal_patch)
+        n = grid[0] * grid[1] * grid[2] // self.merge**2
+        return VideoInputs(pv, torch.tensor(grid), np.asarray(ts), spg, n)
+
+    def _video_items(self, v: VideoInputs) -> list:
+        return [self.vision_start_id, ("video", v.n_tokens), self.vision_end_id]
+
+    def _vision_blocks(self, v: VideoInputs) -> list[torch.Tensor]:
+        tps = self.model.config.vision_config.tokens_per_second
+        grid = tuple(int(g) for g in v.grid_thw)
+        return [qwen2_5_video_positions(grid, self.merge, tps, v.second_per_grid)]
+
+    def _vision_forward(self, videos: list[VideoInputs]) -> tuple[torch.Tensor, dict]:
+        visual = self.model.model.visual
+        pv = torch.cat([v.pixel_values for v in videos]).to(self.device, visual.dtype)
+        grid = torch.stack([v.grid_thw for v in videos]).to(self.device)
+        out = visual(pv, grid_thw=grid, return_dict=True)
+        return out.pooler_output, {}

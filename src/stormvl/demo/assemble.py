@@ -1,0 +1,158 @@
+"""Turn per-run evaluation files into the demo's ``results.json``.
+
+All numbers of the report are computed here once; the markdown, the plots and the HTML
+only format them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from stormvl.demo.presets import Preset
+from stormvl.report.stats import bootstrap_accuracy, paired_gain
+
+
+def _correct_by(result: dict, key: str | None) -> dict[str, list[bool]]:
+    """Per-question correctness of one scored run, grouped by a category (None = all)."""
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for row in result["items"]:
+        if row["correct"] is None:
+            continue
+        groups["all" if key is None else str(row.get(key, "-"))].append(bool(row["correct"]))
+    return groups
+
+
+def accuracy_table(evals: dict, methods, seeds: int, split: str, key: str | None) -> dict:
+    """{method: {group: Estimate json}} with a bootstrap over questions and seeds."""
+    out = {}
+    for m in methods:
+        per_seed = [_correct_by(evals[m, s, split], key) for s in range(seeds)]
+        groups = sorted({g for d in per_seed for g in d})
+        out[m] = {g: bootstrap_accuracy([d.get(g, []) for d in per_seed]).to_json() for g in groups}
+    return out
+
+
+def gains(evals: dict, seeds: int, split: str, a: str, b: str) -> dict:
+    """Paired per-seed gain of method a over b, averaged over families (macro)."""
+    per_seed = []
+    for s in range(seeds):
+        fa, fb = _correct_by(evals[a, s, split], "family"), _correct_by(evals[b, s, split], "family")
+        diffs = [paired_gain([fa[f]], [fb[f]])[0] for f in sorted(fa) if f in fb]
+        per_seed.append(float(np.mean(diffs)) if diffs else float("nan"))
+    return {"per_seed": per_seed, "mean": float(np.mean(per_seed)) if per_seed else float("nan"),
+            "min": float(np.min(per_seed)) if per_seed else float("nan")}
+
+
+def macro(table: dict, method: str) -> float:
+    """Family-averaged accuracy (each family weighs the same)."""
+    vals = [v["mean"] for g, v in table[method].items() if g != "all"]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def cost_table(evals: dict, methods, seeds: int, thought_video_s: float) -> dict:
+    out = {}
+    for m in methods:
+        costs = [evals[m, s, "test"]["cost"] for s in range(seeds)]
+
+        def mean(f, costs=costs) -> float:
+            return float(np.mean([f(c) for c in costs]))
+
+        row = {
+            "prefill_s": mean(lambda c: c["mean_latency_s"]["prefill"]),
+            "rollout_s": mean(lambda c: c["mean_latency_s"]["rollout"]),
+            "decode_s": mean(lambda c: c["mean_latency_s"]["decode"]),
+            "tokens": mean(lambda c: c["mean_generated_tokens"]),
+            "peak_memory_mb": mean(lambda c: c["peak_memory_mb"]),
+        }
+        # the oracle must be shown a thought video: at inference someone has to make it
+        row["thought_video_s"] = thought_video_s if m == "oracle" else 0.0
+        row["total_s"] = row["prefill_s"] + row["rollout_s"] + row["decode_s"] + row["thought_video_s"]
+        out[m] = row
+    return out
+
+
+def thought_video_cost(test_dir: Path, n: int = 8) -> float:
+    """Seconds to render one thought video with the procedural renderer (a lower bound:
+    a video-generation model costs orders of magnitude more)."""
+    from stormvl.synth import regenerate
+
+    from stormvl.data.manifest import read_manifest
+
+    samples = read_manifest(test_dir / "manifest.jsonl")[:n]
+    t0 = time.perf_counter()
+    for s in samples:
+        regenerate(s)
+    return (time.perf_counter() - t0) / max(1, len(samples))
+
+
+def _goal(text: str, met: bool | None, value) -> dict:
+    return {"goal": text, "met": met, "value": value}
+
+
+def goals(res: dict, preset: Preset) -> list[dict]:
+    """The issue's success criteria, checked against the measured numbers."""
+    acc, g, cost, diag = res["accuracy"], res["gains"], res["cost"], res["diagnostics"]
+    out = []
+    if "storm" in acc["test"]:
+        for other, need in (("direct", 10.0), ("latent", 5.0)):
+            if other in acc["test"]:
+                gg = g["test"][f"storm-{other}"]
+                out.append(_goal(f"storm beats {other} by >= {need:g} points on test in every seed",
+                                 bool(gg["min"] >= need), gg["per_seed"]))
+                go = g["ood"][f"storm-{other}"]
+                out.append(_goal(f"storm's gain over {other} holds on ood (> 0 in every seed)",
+                                 bool(go["min"] > 0), go["per_seed"]))
+        if "oracle" in acc["test"]:
+            out.append(_goal("oracle >= storm on test", bool(res["macro"]["test"]["oracle"]
+                                                            >= res["macro"]["test"]["storm"]),
+                             [res["macro"]["test"]["oracle"], res["macro"]["test"]["storm"]]))
+    if {"storm", "direct"} <= set(cost):
+        extra = cost["storm"]["total_s"] - cost["direct"]["total_s"]
+        step = cost["direct"]["decode_s"] / max(1e-9, cost["direct"]["tokens"])
+        ratio = extra / max(1e-9, preset.k * step)
+        out.append(_goal("storm latency - direct latency <= 1.1 x K decode steps",
+                         bool(ratio <= 1.1), round(ratio, 3)))
+    if {"storm", "textcot"} <= set(cost):
+        r = cost["storm"]["total_s"] / max(1e-9, cost["textcot"]["total_s"])
+        out.append(_goal("storm latency <= 0.3 x textcot latency", bool(r <= 0.3), round(r, 3)))
+    for d in diag.get("storm", {}).values():
+        sw = d["interventions"]["swap"]["answer_change"]
+        out.append(_goal("storm latents used: swap changes >= 30% of answers", bool(sw >= 0.3), sw))
+        if "alignment" in d and "retrieval" in d["alignment"]:
+            r = d["alignment"]["retrieval"]
+            out.append(_goal("retrieval top-1 well above chance (>= 3x chance)",
+                             bool(r["mean"] >= 3 * r["chance"]), [r["mean"], r["chance"]]))
+        out.append(_goal("storm latent diversity cosine < 0.9", bool(d["diversity"]["mean"] < 0.9),
+                         d["diversity"]["mean"]))
+    return out
+
+
+def assemble_results(preset: Preset, out: Path, evals: dict, curves: dict, diags: dict) -> dict:
+    """Everything the report shows, as plain JSON data."""
+    methods = [m for m in preset.methods if (m, 0, "test") in evals]
+    seeds = preset.seeds
+    res: dict = {"preset": asdict(preset), "methods": methods, "seeds": seeds}
+    res["accuracy"], res["by_difficulty"], res["macro"], res["gains"] = {}, {}, {}, {}
+    for split in ("test", "ood"):
+        table = accuracy_table(evals, methods, seeds, split, "family")
+        res["accuracy"][split] = table
+        res["by_difficulty"][split] = accuracy_table(evals, methods, seeds, split, "difficulty")
+        res["overall"] = res.get("overall", {})
+        res["overall"][split] = {m: v["all"] for m, v in
+                                 accuracy_table(evals, methods, seeds, split, None).items()}
+        res["macro"][split] = {m: macro(table, m) for m in methods}
+        res["gains"][split] = {f"storm-{o}": gains(evals, seeds, split, "storm", o)
+                               for o in ("direct", "latent") if "storm" in methods and o in methods}
+    res["chance"] = 25.0
+    res["cost"] = cost_table(evals, methods, seeds, thought_video_cost(out / "data" / "test"))
+    res["curves"] = {m: {str(s): curves[m, s] for s in range(seeds)} for m in methods}
+    res["diagnostics"] = {}
+    for (m, s), d in diags.items():
+        res["diagnostics"].setdefault(m, {})[str(s)] = d
+    res["goals"] = goals(res, preset)
+    return res

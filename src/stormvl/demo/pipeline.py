@@ -1,0 +1,179 @@
+"""``stormvl demo``: data -> five methods trained -> evaluated -> diagnosed -> reported.
+
+Read top to bottom: ``run_demo`` calls one function per stage. Every stage writes its output
+atomically under ``out/`` and is skipped when that output exists, so a killed demo resumes
+where it stopped (training itself resumes from its last checkpoint).
+
+    out/demo.json                  the preset (a re-run with another preset is refused)
+    out/data/{train,val,test,ood}  the built-in suite
+    out/runs/<method>/seed<s>/     training runs (storm: stage1/ and stage2/)
+    out/eval/<method>/seed<s>/<split>/   predictions + results per split
+    out/curves/<method>/seed<s>/step-<n>/ val results of intermediate checkpoints
+    out/diag/<method>/seed<s>.json latent diagnostics
+    out/results.json, report.md, index.html, *.png
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from stormvl.demo.presets import Preset
+from stormvl.errors import UserError
+from stormvl.io import write_json_atomic
+
+Log = Callable[[str], None]
+
+
+def _check_preset(out: Path, preset: Preset) -> None:
+    """A demo folder belongs to one preset; mixing two would mix their numbers."""
+    record = out / "demo.json"
+    want = dataclasses.asdict(preset)
+    want = json.loads(json.dumps(want))  # tuples -> lists, as stored
+    if record.exists():
+        have = json.loads(record.read_text())
+        if have != want:
+            diff = sorted(k for k in want if have.get(k) != want.get(k))
+            raise UserError(f"{out}: holds a demo with other settings ({', '.join(diff)}); "
+                            "use another --out")
+    else:
+        write_json_atomic(record, want)
+
+
+# --- stage 1: data -----------------------------------------------------------------------
+
+
+def make_data(preset: Preset, root: Path, log: Log) -> dict[str, Path]:
+    """Generate the four splits (resumable: the suite builder skips finished items)."""
+    from stormvl.synth import build_suite
+
+    sizes = {"train": preset.n_train, "val": preset.n_val, "test": preset.n_test,
+             "ood": preset.n_ood}
+    dirs = {}
+    for i, (split, n) in enumerate(sizes.items()):
+        d = root / split
+        log(f"[data] {split}: {n} questions")
+        build_suite(d, n, families=list(preset.families) or None, split=split,
+                    difficulty="mixed", frames=preset.frames, size=preset.size,
+                    seed=1000 + i, workers=preset.synth_workers, progress=False)
+        dirs[split] = d
+    return dirs
+
+
+# --- stage 2: training -------------------------------------------------------------------
+
+
+def train_config(preset: Preset, method: str, seed: int, manifest: Path, out: Path,
+                 steps: int, stage: int = 1, stage1: Path | None = None):
+    """The trainer config of one method run; every method shares the preset's budget."""
+    from stormvl.config import from_dict
+    from stormvl.training.config import TrainConfig
+
+    every = max(1, steps // max(1, preset.curve_points))
+    data = {
+        "out_dir": str(out),
+        "seed": seed,
+        # from scratch: the tiny tower trains with the model; targets use a fixed encoder
+        "model": {"backbone": preset.backbone, "init_seed": seed, "freeze_vision": False},
+        "method": {"name": method, "k": preset.k, "stage": stage,
+                   "stage1_checkpoint": str(stage1) if stage1 else None,
+                   "oracle_frames": max(1, preset.frames // 2)},
+        "targets": {"encoder": "random_projection", "frames": preset.frames},
+        "align": {"weight": preset.align_weight},
+        "data": {"train": str(manifest), "split": "train", "num_workers": preset.data_workers},
+        "video": {"num_frames": preset.frames, "max_pixels": preset.size * preset.size,
+                  "min_pixels": 16 * 16},
+        "optim": {"lr": preset.lr, "max_steps": steps, "batch_size": preset.batch_size,
+                  "warmup_steps": max(1, steps // 10)},
+        "checkpoint": {"every": every, "keep_last": preset.curve_points + 2},
+        "log": {"tensorboard": False, "progress": False},
+    }
+    return from_dict(TrainConfig, data, f"demo preset {preset.name}")
+
+
+def _train_once(cfg, log: Log) -> list[tuple[int, Path]]:
+    """Train (or resume, or skip when finished); returns the run's checkpoints by step."""
+    from stormvl.training import checkpoint as ckpt
+    from stormvl.training.loop import train
+
+    found = ckpt.list_checkpoints(cfg.out_dir)
+    if not found or found[-1][0] < cfg.optim.max_steps:
+        log(f"[train] {cfg.method.name} stage {cfg.method.stage} seed {cfg.seed}: "
+            f"{cfg.optim.max_steps} steps -> {cfg.out_dir}")
+        train(cfg, resume=bool(found))
+    return ckpt.list_checkpoints(cfg.out_dir)
+
+
+def train_method(preset: Preset, method: str, seed: int, manifest: Path, out: Path,
+                 log: Log) -> list[tuple[int, Path]]:
+    """Train one method; storm runs Stage I then Stage II within the same step budget.
+
+    Returns (global step, checkpoint) pairs, oldest first; the last is the final model.
+    """
+    if method != "storm":
+        return _train_once(train_config(preset, method, seed, manifest, out, preset.steps), log)
+    s1 = max(1, int(round(preset.steps * preset.stage1_fraction)))
+    first = _train_once(train_config(preset, "storm", seed, manifest, out / "stage1", s1), log)
+    second = _train_once(train_config(preset, "storm", seed, manifest, out / "stage2",
+                                      preset.steps - s1, stage=2, stage1=first[-1][1]), log)
+    return first + [(s1 + step, p) for step, p in second]
+
+
+# --- stage 3: evaluation -----------------------------------------------------------------
+
+
+def evaluate_checkpoint(ckpt_dir: Path, data_dir: Path, out: Path, batch: int) -> dict:
+    """Evaluate one checkpoint on one split of the suite (skipped when already scored)."""
+    from stormvl import evaluate
+    from stormvl.tasks import load_benchmark
+
+    done = out / "results.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    runner = evaluate.Runner(evaluate.load_model(ckpt_dir), evaluate.EvalSettings(batch_size=batch))
+    items = load_benchmark("synth", data_dir)
+    return evaluate.run_eval(runner, "synth", items, out, data=data_dir, progress=False)
+
+
+# --- the whole demo ----------------------------------------------------------------------
+
+
+def run_demo(preset: Preset, out: str | Path, log: Log = print) -> dict:
+    """Run every stage; returns the results dict also written to ``out/results.json``."""
+    from stormvl.demo.assemble import assemble_results
+    from stormvl.diagnostics.run import diagnose
+    from stormvl.report.demo_report import write_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_preset(out, preset)
+    data = make_data(preset, out / "data", log)
+    runs: dict[tuple[str, int], list[tuple[int, Path]]] = {}
+    for seed in range(preset.seeds):
+        for method in preset.methods:
+            runs[method, seed] = train_method(preset, method, seed, data["train"] / "manifest.jsonl",
+                                              out / "runs" / method / f"seed{seed}", log)
+    evals, curves, diags = {}, {}, {}
+    for (method, seed), ckpts in runs.items():
+        log(f"[eval] {method} seed {seed}")
+        for split in ("test", "ood"):
+            evals[method, seed, split] = evaluate_checkpoint(
+                ckpts[-1][1], data[split], out / "eval" / method / f"seed{seed}" / split,
+                preset.eval_batch)
+        curves[method, seed] = [
+            (step, evaluate_checkpoint(p, data["val"],
+                                       out / "curves" / method / f"seed{seed}" / f"step-{step}",
+                                       preset.eval_batch)["overall"])
+            for step, p in ckpts
+        ]
+        if method in ("latent", "storm"):
+            log(f"[diagnostics] {method} seed {seed}")
+            diags[method, seed] = diagnose(
+                ckpts, data["test"], out / "diag" / method / f"seed{seed}.json", preset,
+                stage1=runs[method, seed][0][1].parent.parent if method == "storm" else None,
+                figure=out / f"latents_{method}_seed{seed}.png" if seed == 0 else None)
+    results = assemble_results(preset, out, evals, curves, diags)
+    write_report(results, out)
+    return results

@@ -1,0 +1,58 @@
+"""Demo presets: the whole method at three sizes.
+
+``test`` is what the test suite runs (seconds), ``quick`` is the README's first command (a
+smoke run: minutes on 2 cores, too short to learn much), ``full`` is the evidence run (5
+seeds per method: in the pilot the seed-to-seed spread was 10-15 points, larger than some
+gains, REFERENCES.md section 6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+METHODS = ("direct", "textcot", "latent", "storm", "oracle")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of one demo run. Every method gets the same optimizer-step budget."""
+
+    name: str
+    families: tuple[str, ...] = ()  # empty = every family of the suite
+    n_train: int = 1200  # training questions (spread over families)
+    n_val: int = 96  # validation questions (training curves)
+    n_test: int = 240  # test questions
+    n_ood: int = 120  # out-of-distribution questions (held-out parameter ranges)
+    frames: int = 8  # frames per video (input and thought video)
+    size: int = 48  # square frame size in pixels
+    backbone: str = "tiny:qwen2_5_vl:small"  # trainer backbone string
+    steps: int = 150  # optimizer steps per method (storm: both stages together)
+    batch_size: int = 16
+    lr: float = 1e-3
+    k: int = 4  # latent steps (latent, storm)
+    stage1_fraction: float = 0.5  # storm: share of the step budget spent in Stage I
+    align_weight: float = 1.0  # storm Stage I lambda
+    curve_points: int = 3  # checkpoints per method evaluated on val for the curves
+    eval_batch: int = 16
+    diag_n: int = 96  # test questions used by the latent diagnostics
+    seeds: int = 1
+    synth_workers: int = 2
+    data_workers: int = 1  # DataLoader decode workers (overlap video decoding with compute)
+    methods: tuple[str, ...] = field(default=METHODS)
+
+    def with_seeds(self, seeds: int | None) -> Preset:
+        return self if seeds is None else replace(self, seeds=seeds)
+
+
+PRESETS: dict[str, Preset] = {
+    "test": Preset(
+        name="test", families=("shell_game", "event_order"), n_train=24, n_val=8, n_test=16,
+        n_ood=8, frames=8, size=32, backbone="tiny:qwen2_5_vl:tiny", steps=4, batch_size=4,
+        k=2, curve_points=2, eval_batch=8, diag_n=16, synth_workers=1, data_workers=0,
+    ),
+    "quick": Preset(name="quick", steps=120, n_val=64, curve_points=2),
+    "full": Preset(
+        name="full", n_train=12000, n_val=240, n_test=1200, n_ood=600, frames=10, size=56,
+        steps=1000, batch_size=32, curve_points=5, diag_n=480, seeds=5,
+    ),
+}

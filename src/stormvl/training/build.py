@@ -1,0 +1,241 @@
+"""Build the backbone a run trains: source, stage-1 checks, freezing, LoRA, export.
+
+Kept apart from the loop so the loop reads top to bottom and these rules are testable alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from stormvl.config import to_dict
+from stormvl.errors import UserError
+from stormvl.training.checkpoint import read_meta
+from stormvl.training.config import TrainConfig
+from stormvl.training.targets import vision_modules
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Built:
+    """The backbone, and its peft wrapper when the run trains LoRA adapters."""
+
+    backbone: object
+    peft_model: object | None = None
+
+
+def parse_tiny(source: str) -> tuple[str, str] | None:
+    """"tiny:qwen2_5_vl[:small]" -> (family, size); None for real checkpoints."""
+    if not source.startswith("tiny:"):
+        return None
+    parts = source.split(":")
+    return parts[1], parts[2] if len(parts) > 2 else "tiny"
+
+
+def config_family(cfg: TrainConfig) -> str | None:
+    """The backbone family a config asks for, when it can be known without loading."""
+    tiny = parse_tiny(cfg.model.backbone)
+    if tiny:
+        return tiny[0]
+    if cfg.model.family:
+        return cfg.model.family
+    cfg_file = Path(cfg.model.backbone) / "config.json"
+    if cfg_file.is_file():
+        return json.loads(cfg_file.read_text()).get("model_type")
+    return None
+
+
+def check_stage1(cfg: TrainConfig) -> dict:
+    """Refuse a missing stage-1 checkpoint, or one of another method, backbone or K.
+
+    Returns:
+        the stage-1 checkpoint's stormvl.json.
+    """
+    path = cfg.method.stage1_checkpoint
+    meta = read_meta(path)  # missing folder / file -> UserError naming it
+    where = f"method.stage1_checkpoint={path}"
+    if meta.get("method") != "storm" or meta.get("stage") != 1:
+        raise UserError(f"{where}: a {meta.get('method')} (stage {meta.get('stage')}) checkpoint, "
+                        "not storm stage 1")
+    fam = config_family(cfg)
+    if fam is not None and meta.get("backbone") != fam:
+        raise UserError(f"{where}: trained on backbone {meta.get('backbone')!r}, this run uses {fam!r}")
+    if meta.get("base") not in (None, cfg.model.backbone):
+        raise UserError(f"{where}: trained from {meta.get('base')!r}, this run names "
+                        f"model.backbone={cfg.model.backbone!r}")
+    if meta.get("k") != cfg.method.k:
+        raise UserError(f"{where}: trained with K={meta.get('k')}, this run has method.k={cfg.method.k}")
+    return meta
+
+
+def _load(source: str, cfg: TrainConfig):
+    from stormvl.backbones import VideoSettings, load_backbone
+    from stormvl.backbones.tiny import build_tiny
+
+    video = VideoSettings(min_pixels=cfg.video.min_pixels, max_pixels=cfg.video.max_pixels)
+    tiny = parse_tiny(source)
+    if tiny:
+        bb = build_tiny(family=tiny[0], size=tiny[1], seed=cfg.model.init_seed)
+        bb.model.to(DTYPES[cfg.model.dtype])
+        bb.video = video
+        return bb
+    local = Path(source)
+    if local.is_dir() and not any(local.glob("*.safetensors")):
+        raise UserError(f"{source}: no *.safetensors weights; stormvl loads weights only from "
+                        "safetensors (pickled .bin files can run code)")
+    return load_backbone(source, family=cfg.model.family, dtype=DTYPES[cfg.model.dtype],
+                         video=video, trust_remote_code=cfg.model.trust_remote_code)
+
+
+def lora_target_regex(names: list[str]) -> str:
+    """peft regex: the named projections of the language model only (not the vision tower,
+    whose MLP reuses the names gate_proj / up_proj / down_proj)."""
+    return rf"^(?!.*visual).*\.({'|'.join(names)})$"
+
+
+def build_model(cfg: TrainConfig, resume_from: Path | None = None) -> Built:
+    """The backbone for this run, frozen and wrapped as configured.
+
+    Source: ``resume_from`` (a checkpoint of this run) > the stage-1 checkpoint (storm stage 2)
+    > ``model.backbone``. LoRA checkpoints hold adapters only; they are re-applied on the base.
+    """
+    lora = cfg.model.lora.enabled
+    if cfg.method.name == "storm" and cfg.method.stage == 2:
+        check_stage1(cfg)
+    source = cfg.model.backbone
+    if cfg.method.name == "storm" and cfg.method.stage == 2 and not lora:
+        source = cfg.method.stage1_checkpoint
+    if resume_from is not None and not lora:
+        source = str(resume_from)
+    bb = _load(source, cfg)
+    for p in bb.model.parameters():
+        p.requires_grad_(True)
+    if cfg.model.freeze_vision:
+        vision_modules(bb).requires_grad_(False)
+    peft_model = None
+    if lora:
+        peft_model = _apply_lora(bb, cfg, resume_from)
+    if cfg.model.gradient_checkpointing:
+        # per language-model call, cache-safe (HF's own checkpointing drops the latent
+        # chain's KV cache; the engine refuses it)
+        bb.checkpoint_slices = True
+    return Built(bb, peft_model)
+
+
+def _apply_lora(bb, cfg: TrainConfig, resume_from: Path | None):
+    """Inject LoRA layers into ``bb.model`` in place (the adapter keeps its attribute paths)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    stage1 = cfg.method.stage1_checkpoint if cfg.method.name == "storm" and cfg.method.stage == 2 else None
+    start = resume_from or (Path(stage1) if stage1 else None)
+    if start is not None:
+        return PeftModel.from_pretrained(bb.model, str(start), is_trainable=True)
+    lc = cfg.model.lora
+    conf = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                      target_modules=lora_target_regex(lc.target_modules))
+    return get_peft_model(bb.model, conf)
+
+
+def save_model(built: Built, path: Path, meta: dict) -> None:
+    """Weights (full HF model, or LoRA adapters) + tokenizer + stormvl.json into ``path``."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar inside the run's bar
+    try:
+        _save_model(built, path, meta)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
+def _save_model(built: Built, path: Path, meta: dict) -> None:
+    bb = built.backbone
+    if built.peft_model is None:
+        bb.save(path, meta)
+        return
+    from stormvl import __version__
+
+    path.mkdir(parents=True, exist_ok=True)
+    built.peft_model.save_pretrained(str(path), safe_serialization=True)
+    bb.tokenizer.save_pretrained(str(path))
+    full = {"stormvl_version": __version__, "backbone": bb.family, "video": bb.video.to_dict(),
+            "max_latents": bb.max_latents, **meta}
+    (path / "stormvl.json").write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+
+
+def export_merged(checkpoint: str | Path, out: str | Path) -> Path:
+    """Merge a LoRA checkpoint's adapters into its base and save a plain HF checkpoint.
+
+    The result loads with ``<Model>ForConditionalGeneration.from_pretrained`` alone and keeps
+    the tokenizer (with the latent tokens), chat template and stormvl.json (lora: false).
+
+    Raises:
+        UserError: not a stormvl checkpoint, or one without LoRA adapters.
+    """
+    from peft import PeftModel
+
+    from stormvl.config import from_dict
+
+    checkpoint = Path(checkpoint)
+    meta = read_meta(checkpoint)
+    if not (checkpoint / "adapter_config.json").is_file():
+        raise UserError(f"{checkpoint}: no adapter_config.json; only LoRA checkpoints need export "
+                        "(full checkpoints already load with from_pretrained)")
+    cfg = from_dict(TrainConfig, meta["config"], f"{checkpoint}/stormvl.json config")
+    bb = _load(cfg.model.backbone, cfg)
+    merged = PeftModel.from_pretrained(bb.model, str(checkpoint)).merge_and_unload()
+    bb.model = merged
+    keep = {k: v for k, v in meta.items() if k not in ("stormvl_version", "backbone", "video", "max_latents")}
+    keep["lora"] = False
+    keep["exported_from"] = str(checkpoint)
+    path = bb.save(Path(out), keep)
+    copy_processor_files(cfg.model.backbone, path)
+    return path
+
+
+PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json",
+                   "processor_config.json", "chat_template.json", "chat_template.jinja")
+
+
+def copy_processor_files(base: str, out: Path) -> list[str]:
+    """Copy the base model's processor settings and chat template next to exported weights.
+
+    Local folders are read directly; hub ids only from the local HF cache (no download).
+    Returns the names copied (none for the tiny backbones, which have no processor files).
+    """
+    import shutil
+
+    copied = []
+    for name in PROCESSOR_FILES:
+        src = Path(base) / name
+        if not src.is_file() and not parse_tiny(base):
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                hit = try_to_load_from_cache(base, name)
+                src = Path(hit) if isinstance(hit, str) else src
+            except Exception:  # not a hub id, or no cache: nothing to copy
+                pass
+        if src.is_file() and not (out / name).exists():
+            shutil.copy(src, out / name)
+            copied.append(name)
+    return copied
+
+
+def run_meta(cfg: TrainConfig, step: int) -> dict:
+    """What stormvl.json records about the run beside the backbone's own fields."""
+    return {
+        "method": cfg.method.name,
+        "stage": cfg.method.stage if cfg.method.name == "storm" else None,
+        "k": cfg.method.num_latents,
+        "base": cfg.model.backbone,
+        "lora": cfg.model.lora.enabled,
+        "step": step,
+        "video_config": to_dict(cfg.video),
+        "config": to_dict(cfg),
+    }

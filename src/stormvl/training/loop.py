@@ -1,0 +1,461 @@
+"""One training loop for every method, on ``accelerate`` (1 process, DDP, FSDP).
+
+Read top to bottom: ``train`` sets up (model, data, targets, optimiser, resume), then each
+optimizer step draws ``grad_accum`` micro-batches, runs ``TrainModule`` (the latent engine +
+the Stage-I projector), checks the loss is finite, clips, steps, logs and checkpoints.
+
+Methods differ only in the prompt (``make_prepare``) and the loss (``TrainModule``):
+
+=========  ================================================  ==========================
+method     prompt                                            loss
+=========  ================================================  ==========================
+direct     video + question -> answer letter                 answer CE
+textcot    video + question -> rationale + answer            CE on both
+latent     video + question -> K latents -> answer           answer CE
+storm 1    as latent                                         CE + lambda * align
+storm 2    as latent, weights from the stage-1 checkpoint    CE (+ small align, opt.)
+oracle     video + thought video + question -> answer        answer CE
+=========  ================================================  ==========================
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from stormvl.config import save_config
+from stormvl.errors import UserError
+from stormvl.training import checkpoint as ckpt
+from stormvl.training.build import Built, build_model, run_meta, save_model
+from stormvl.training.config import TrainConfig
+from stormvl.training.data import (
+    Collated,
+    Loaded,
+    ResumableSampler,
+    VideoQADataset,
+    load_samples,
+    make_collate,
+)
+from stormvl.training.logging import MetricsLog
+from stormvl.training.losses import Projector, align_loss, cosine_agreement
+from stormvl.training.targets import TargetCache, build_encoder, build_targets
+from stormvl.training.video_settings import backbone_counter, with_max_pixels
+
+
+class TrainingDiverged(UserError):
+    """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+# --- prompts -------------------------------------------------------------------------------
+
+
+def target_text(method: str, sample) -> str:
+    """Supervised assistant text: the letter, or (textcot) the rationale then the letter."""
+    if method == "textcot":
+        return f"{sample.rationale.strip()}\nThe answer is {sample.answer}."
+    return sample.answer
+
+
+def make_prepare(bb, cfg: TrainConfig) -> Callable[[Loaded], object]:
+    """Worker-side hook: decoded clip(s) -> the adapter's ``Encoded`` for this method."""
+    from stormvl.backbones import Prompt
+    from stormvl.latent import format_question
+
+    method, k = cfg.method.name, cfg.method.num_latents
+
+    def prepare(x: Loaded):
+        vids = [_preprocess(bb, x.frames, x.timestamps, x.plan)]
+        if x.thought_frames is not None:
+            vids.append(_preprocess(bb, x.thought_frames, x.thought_timestamps, x.thought_plan))
+        s = x.sample
+        return bb.encode(Prompt(videos=vids, text=format_question(s.question, s.options), k=k,
+                                target=target_text(method, s)))
+
+    return prepare
+
+
+def _preprocess(bb, frames, timestamps, plan):
+    """The adapter's own preprocessing at the planned pixel bound (budget fitted upstream)."""
+    return with_max_pixels(bb, plan.max_pixels).preprocess_video(frames, timestamps)
+
+
+# --- the module DDP wraps ------------------------------------------------------------------
+
+
+class TrainModule(nn.Module):
+    """The latent engine plus the Stage-I projector; ``forward`` returns the loss parts.
+
+    Wrapping this one module (not the bare HF model) lets DDP/FSDP see every trained
+    parameter, including the projector.
+    """
+
+    def __init__(self, engine: nn.Module, projector: Projector | None, cfg: TrainConfig):
+        super().__init__()
+        self.engine, self.projector = engine, projector
+        self.kind, self.temperature = cfg.align.loss, cfg.align.temperature
+        self.align_weight = cfg.align_weight  # 0 during a frozen_copy warm-up
+
+    def forward(self, batch, targets: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        out = self.engine(batch)
+        parts = {"ce": out.loss, "loss": out.loss}
+        if self.projector is not None and self.align_weight > 0:
+            pred = self.projector(out.latents)  # (B, K, P, D_t)
+            if targets is None:  # no sample here has a thought video: a zero term keeps every
+                al = cos = pred.sum() * 0.0  # process's graph (and DDP's reducer) the same
+            else:
+                al = align_loss(pred, targets, self.kind, self.temperature, mask)
+                cos = cosine_agreement(pred[mask], targets[mask]) if mask.any() else al.detach() * 0
+            parts.update(align=al, cos=cos, loss=out.loss + self.align_weight * al)
+        return parts
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    """Linear warmup to 1, then cosine decay to ``min_lr_ratio`` at ``max_steps``."""
+    o = cfg.optim
+
+    def f(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        t = min(1.0, (step - o.warmup_steps) / max(1, o.max_steps - o.warmup_steps))
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """Everything the step function touches, built once by ``setup``."""
+
+    cfg: TrainConfig
+    acc: object  # accelerate.Accelerator
+    built: Built
+    module: nn.Module  # prepared TrainModule
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    state: ckpt.TrainerState
+    samples: list
+    root: Path
+    dataset: VideoQADataset
+    target_parts: dict
+    log: MetricsLog | None = None
+
+
+def _targets(cfg: TrainConfig, acc, bb, samples, root) -> dict:
+    """Build (or find cached) Stage-I targets on the main process; others wait and read."""
+    cache_dir = cfg.targets.cache_dir or str(Path(cfg.out_dir) / "target_cache")
+    encoder = build_encoder(cfg.targets, bb)
+    report = None
+    with acc.main_process_first():
+        report = build_targets(samples, root, encoder, TargetCache(Path(cache_dir)), cfg.targets,
+                               cfg.method.k, cfg.video.timeout_s)
+    if acc.is_main_process:
+        print(f"targets ({encoder.name}): {report.built} built, {report.hits} cached, "
+              f"{report.missing} samples without thought video, {len(report.failed)} failed")
+        for f, why in report.failed[:5]:
+            print(f"  skipped thought video {f}: {why}")
+    bad = len(report.failed) / max(1, len(samples))
+    if bad > cfg.data.max_bad_fraction:
+        raise UserError(f"{len(report.failed)} of {len(samples)} thought videos failed "
+                        f"(> data.max_bad_fraction={cfg.data.max_bad_fraction}); first: {report.failed[0]}")
+    if not report.parts:
+        raise UserError(f"{cfg.data.train}: storm stage 1 needs thought videos; no sample has one")
+    return report.parts
+
+
+def _accelerator(cfg: TrainConfig):
+    """An Accelerator for this launch; refuses layouts the loop does not support."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # a projector idle during the frozen_copy warm-up is the only parameter DDP may not see
+    unused = cfg.method.uses_align and cfg.targets.encoder == "frozen_copy"
+    # Under torchrun on a machine without CUDA, accelerate only goes multi-process on CPU
+    # (gloo) when asked to use the CPU; without this it would run N unaware copies.
+    acc = Accelerator(cpu=world > 1 and not torch.cuda.is_available(),
+                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)])
+    if acc.num_processes != world:
+        raise UserError(f"WORLD_SIZE={world} but accelerate sees {acc.num_processes} process(es)")
+    if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
+        # Saving would write sharded parameters through save_pretrained; not built or tested.
+        raise UserError(f"accelerate {acc.distributed_type.name} is not supported by stormvl train "
+                        "yet; use DDP (multi-GPU `accelerate launch` without an FSDP config), with LoRA "
+                        "for 7B models")
+    return acc
+
+
+def target_width(cfg: TrainConfig, hidden: int) -> int:
+    """Width of one target vector: the projection's ``dim`` (0 = hidden) or the tower's."""
+    return (cfg.targets.dim or hidden) if cfg.targets.encoder == "random_projection" else hidden
+
+
+def build_projector(cfg: TrainConfig, hidden: int) -> Projector:
+    """The Stage-I projector; stage 2 starts from stage 1's saved map when it has one."""
+    per = cfg.targets.per_step if cfg.targets.reduction == "multi" else 1
+    projector = Projector(hidden, target_width(cfg, hidden), per, cfg.align.projector)
+    saved = Path(cfg.method.stage1_checkpoint or "") / ckpt.PROJECTOR
+    if cfg.method.stage == 2 and saved.is_file() and projector.proj is not None:
+        from safetensors.torch import load_file
+
+        projector.load_state_dict(load_file(str(saved)))
+    return projector
+
+
+def setup(cfg: TrainConfig, resume: bool) -> Run:
+    """Model, data, targets, optimiser, scheduler; restores a checkpoint when resuming."""
+    from accelerate.utils import set_seed
+
+    from stormvl.latent import LatentModel
+
+    out = Path(cfg.out_dir)
+    last = ckpt.latest_checkpoint(out) if resume else None
+    if resume and last is None:
+        raise UserError(f"--resume: no finished checkpoint under {out / 'checkpoints'}")
+    if not resume and ckpt.list_checkpoints(out):
+        raise UserError(f"{out} already holds checkpoints; pass --resume or choose another out_dir")
+    if last is not None:
+        _check_resume(cfg, last)
+    acc = _accelerator(cfg)
+    set_seed(cfg.seed)
+    built = build_model(cfg, last)
+    bb = built.backbone
+    samples, root, summary = load_samples(cfg.data)
+    if cfg.method.name == "textcot":
+        samples = [s for s in samples if s.rationale]
+        if not samples:
+            raise UserError(f"{cfg.data.train}: textcot needs samples with a rationale; none has one")
+    if acc.is_main_process:
+        print(summary)
+    use_align = cfg.method.uses_align and cfg.align_weight > 0
+    parts: dict = {}
+    if use_align and cfg.targets.encoder != "frozen_copy":
+        parts = _targets(cfg, acc, bb, samples, root)
+    projector = build_projector(cfg, bb.hidden_size) if use_align else None
+    module = TrainModule(LatentModel(bb), projector, cfg)
+    if cfg.targets.encoder == "frozen_copy":
+        module.align_weight = 0.0  # CE-only warm-up until the tower copy is taken
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                  weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    state = ckpt.TrainerState()
+    if last is not None:
+        state, parts = _restore(last, acc, module, optimizer, scheduler, parts)
+    module, optimizer = acc.prepare(module, optimizer)
+    cache = TargetCache(Path(cfg.targets.cache_dir or out / "target_cache"))
+    dataset = VideoQADataset(samples, root, cfg.video, backbone_counter(bb), bb.temporal_patch,
+                             make_prepare(bb, cfg), parts, cache,
+                             cfg.method.oracle_frames if cfg.method.name == "oracle" else 0)
+    return Run(cfg, acc, built, module, optimizer, scheduler, state, samples, root, dataset, parts)
+
+
+def _check_resume(cfg: TrainConfig, path: Path) -> None:
+    """Resuming may extend a run (max_steps, logging) but not change what is trained."""
+    meta = ckpt.read_meta(path)
+    now = run_meta(cfg, 0)
+    for key, name in (("method", "method.name"), ("stage", "method.stage"), ("k", "method.k"),
+                      ("base", "model.backbone"), ("lora", "model.lora.enabled")):
+        if meta.get(key) != now[key]:
+            raise UserError(f"--resume from {path}: it was trained with {name}={meta.get(key)!r}, "
+                            f"this config has {now[key]!r}")
+
+
+def _restore(path: Path, acc, module: TrainModule, optimizer, scheduler, parts: dict):
+    """Optimizer, scheduler, data position, projector and RNG from a checkpoint."""
+    from safetensors.torch import load_file
+
+    st = ckpt.read_trainer_state(path)
+    optimizer.load_state_dict(st["optimizer"])
+    scheduler.load_state_dict(st["scheduler"])
+    if module.projector is not None and (path / ckpt.PROJECTOR).is_file():
+        module.projector.load_state_dict(load_file(str(path / ckpt.PROJECTOR)))
+    if not parts and st.get("target_parts"):  # frozen_copy: targets of the copy taken earlier
+        parts = st["target_parts"]
+        module.align_weight = st.get("align_weight", module.align_weight)
+    rng = ckpt.read_rng(path, acc.process_index)
+    if rng is not None:
+        ckpt.set_rng_state(rng)
+    return ckpt.TrainerState(**st["trainer"]), parts
+
+
+def save(run: Run) -> Path:
+    """Write this step's checkpoint atomically; every process adds its RNG state."""
+    from safetensors.torch import save_file
+
+    acc, cfg, step = run.acc, run.cfg, run.state.step
+    tmp, final = ckpt.tmp_dir(cfg.out_dir, step), ckpt.step_dir(cfg.out_dir, step)
+    module = acc.unwrap_model(run.module)
+    if acc.is_main_process:
+        ckpt.clear_partial(cfg.out_dir)
+        save_model(run.built, tmp, run_meta(cfg, step))
+        if module.projector is not None:  # identity projectors save an empty file: "no map"
+            save_file({k: v.contiguous() for k, v in module.projector.state_dict().items()},
+                      str(tmp / ckpt.PROJECTOR))
+        extra = {"target_parts": run.target_parts, "align_weight": float(module.align_weight)}
+        ckpt.write_trainer_state(tmp, run.state, run.optimizer, run.scheduler, extra)
+        save_config(cfg, tmp / "config.yaml")
+    acc.wait_for_everyone()
+    ckpt.write_rng(tmp, acc.process_index)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        os.replace(tmp, final)
+        ckpt.prune(cfg.out_dir, cfg.checkpoint.keep_last)
+    acc.wait_for_everyone()
+    return final
+
+
+# --- steps ---------------------------------------------------------------------------------
+
+
+def make_loader(run: Run) -> DataLoader:
+    """Micro-batches from the current data position onwards (nothing before is decoded)."""
+    acc, cfg = run.acc, run.cfg
+    sampler = ResumableSampler(run.samples, cfg.optim.batch_size, cfg.data, cfg.seed,
+                               acc.num_processes, acc.process_index, run.state.micro_batches,
+                               cfg.optim.grad_accum)
+    bb = run.built.backbone
+    return DataLoader(run.dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                      collate_fn=make_collate(bb.collate))
+
+
+def _micro(run: Run, col: Collated, last_good: Collated | None):
+    """Loss parts of one micro-batch; an all-failed micro-batch reuses the last good one at
+    weight 0 so every process still runs the same collective backward."""
+    weight = 1.0
+    if col.batch is None:
+        if last_good is None:
+            raise UserError(f"every sample of the first batch failed to load: {col.skipped[0].reason}")
+        col, weight = last_good, 0.0
+    dev = run.acc.device
+    targets = col.targets.to(dev) if col.targets is not None else None
+    mask = col.target_mask.to(dev) if col.target_mask is not None else None
+    parts = run.module(col.batch.to(dev), targets, mask)
+    return parts, weight, col
+
+
+def train_step(run: Run, it, last_good: Collated | None) -> tuple[dict, Collated | None, list]:
+    """One optimizer step over ``grad_accum`` micro-batches.
+
+    Returns:
+        (metrics, the last good micro-batch, [(file, reason)] of media skipped this step)
+    """
+    acc, cfg, st = run.acc, run.cfg, run.state
+    run.module.train()
+    sums: dict = defaultdict(float)
+    good = requested = bad = 0
+    skipped = []
+    for m in range(cfg.optim.grad_accum):
+        col = next(it)
+        st.micro_batches += 1
+        requested, bad = requested + col.requested, bad + len(col.skipped)
+        skipped += [(s.file, s.reason) for s in col.skipped]
+        good += len(col.ids)
+        sync = m == cfg.optim.grad_accum - 1
+        with nullcontext() if sync else acc.no_sync(run.module):
+            parts, weight, used = _micro(run, col, last_good)
+            acc.backward(parts["loss"] * (weight / cfg.optim.grad_accum))
+        last_good = used
+        for k, v in parts.items():
+            sums[k] += float(v.detach()) / cfg.optim.grad_accum
+    if acc.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        skipped = gather_object(skipped)
+    counts = acc.reduce(torch.tensor([requested, bad, good], device=acc.device, dtype=torch.float64), "sum")
+    keys = sorted(sums)  # the same on every process: TrainModule always returns the same parts
+    means = acc.reduce(torch.tensor([sums[k] for k in keys], device=acc.device, dtype=torch.float64), "mean")
+    sums = dict(zip(keys, means.tolist(), strict=True))
+    loss = means[keys.index("loss")]
+    params = [p for p in run.module.parameters() if p.requires_grad]
+    clip = cfg.optim.clip if cfg.optim.clip > 0 else float("inf")
+    grad_norm = acc.clip_grad_norm_(params, clip)
+    if not (torch.isfinite(loss).all() and torch.isfinite(torch.as_tensor(grad_norm))):
+        last = ckpt.latest_checkpoint(cfg.out_dir)
+        raise TrainingDiverged(
+            f"loss became non-finite at step {st.step + 1} (loss={float(loss):.4g}, "
+            f"grad_norm={float(grad_norm):.4g}); stopped without updating. Last good checkpoint: "
+            f"{last or 'none yet'}. Try a lower optim.lr or optim.clip."
+        )
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    st.step += 1
+    st.samples_seen += int(counts[2])
+    st.bad_media += int(counts[1])
+    metrics = dict(sums)
+    metrics.update(grad_norm=float(grad_norm), lr=run.scheduler.get_last_lr()[0],
+                   samples=int(counts[2]), bad_media=st.bad_media)
+    return metrics, last_good, skipped
+
+
+def _check_bad_media(run: Run, skipped: list) -> None:
+    cfg, st = run.cfg, run.state
+    requested = st.samples_seen + st.bad_media
+    for f, why in skipped:
+        run.log.warn(f"skipped video {f}: {why}")
+    if requested >= 20 and st.bad_media > cfg.data.max_bad_fraction * requested:
+        raise UserError(f"{st.bad_media} of {requested} videos failed to load "
+                        f"(> data.max_bad_fraction={cfg.data.max_bad_fraction}); see {run.log.path}")
+
+
+def _maybe_take_tower_copy(run: Run) -> bool:
+    """frozen_copy: after warm-up, snapshot the tower, build targets, turn alignment on."""
+    cfg = run.cfg
+    module = run.acc.unwrap_model(run.module)
+    if (cfg.targets.encoder != "frozen_copy" or module.projector is None or run.target_parts
+            or run.state.step < cfg.targets.warmup_steps):
+        return False
+    run.target_parts = _targets(cfg, run.acc, run.built.backbone, run.samples, run.root)
+    run.dataset.target_parts = run.target_parts
+    module.align_weight = cfg.align_weight
+    return True
+
+
+def train(cfg: TrainConfig, resume: bool = False, on_step: Callable[[Run, dict], None] | None = None) -> Path:
+    """Train ``cfg``; returns the final checkpoint folder.
+
+    Args:
+        resume: continue from the newest finished checkpoint under ``cfg.out_dir``; the loss
+            curve then matches an uninterrupted run.
+        on_step: called after each optimizer step with (run, metrics) (tests, notebooks).
+
+    Raises:
+        UserError: bad config / data / checkpoint; ``TrainingDiverged`` on NaN/inf.
+    """
+    run = setup(cfg, resume)
+    acc = run.acc
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    if acc.is_main_process:
+        save_config(cfg, Path(cfg.out_dir) / "config.yaml")
+    run.log = MetricsLog(cfg, acc.is_main_process, run.state.step)
+    it, last_good = iter(make_loader(run)), None
+    final = ckpt.latest_checkpoint(cfg.out_dir)  # a resumed run may have nothing left to do
+    try:
+        while run.state.step < cfg.optim.max_steps:
+            t0 = time.perf_counter()
+            metrics, last_good, skipped = train_step(run, it, last_good)
+            metrics["samples_per_s"] = metrics["samples"] / max(1e-9, time.perf_counter() - t0)
+            _check_bad_media(run, skipped)
+            run.log.step(run.state.step, metrics)
+            if on_step is not None:
+                on_step(run, metrics)
+            if _maybe_take_tower_copy(run):
+                it = iter(make_loader(run))  # workers must see the new targets
+            step = run.state.step
+            if step % cfg.checkpoint.every == 0 or step == cfg.optim.max_steps:
+                final = save(run)
+    finally:
+        run.log.close()
+    return final

@@ -1,0 +1,67 @@
+"""The demo end to end at test size: every output exists, parses, and agrees."""
+
+import json
+import re
+
+import pytest
+
+from stormvl.cli import main
+from stormvl.report.demo_report import _est, _f
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--preset", "test", "--out", str(out)]) == 0
+    return out
+
+
+def test_outputs_exist_and_parse(demo_dir):
+    res = json.loads((demo_dir / "results.json").read_text())
+    assert res["methods"] == ["direct", "textcot", "latent", "storm", "oracle"]
+    for split in ("test", "ood"):
+        for m in res["methods"]:
+            e = res["overall"][split][m]
+            assert 0 <= e["lo"] <= e["mean"] <= e["hi"] <= 100 and e["n"] > 0
+    assert set(res["diagnostics"]) == {"latent", "storm"}
+    storm = res["diagnostics"]["storm"]["0"]
+    assert {"swap", "zero", "noise"} <= set(storm["interventions"])
+    assert len(storm["alignment"]["final_cos_per_step"]) == res["preset"]["k"]
+    assert res["goals"] and all(g["met"] in (True, False) for g in res["goals"])
+    html = (demo_dir / "index.html").read_text()
+    images = re.findall(r"<img src='([^']+)'", html)
+    assert "accuracy_test.png" in images and "curves.png" in images
+    for img in images:
+        assert (demo_dir / img).stat().st_size > 1000, img
+
+
+def test_report_numbers_equal_results(demo_dir):
+    res = json.loads((demo_dir / "results.json").read_text())
+    md = (demo_dir / "report.md").read_text()
+    for split in ("test", "ood"):
+        section = md.split(f"## Accuracy on {split}")[1].split("## ")[0]
+        row = next(line for line in section.splitlines() if line.startswith("| **family mean**"))
+        cells = [c.strip() for c in row.strip("|").split("|")][1:]
+        assert cells == [_f(res["macro"][split][m]) for m in res["methods"]]
+        row = next(line for line in section.splitlines() if line.startswith("| **all questions**"))
+        cells = [c.strip() for c in row.strip("|").split("|")][1:]
+        assert cells == [_est(res["overall"][split][m]) for m in res["methods"]]
+
+
+def test_rerun_resumes_without_retraining(demo_dir, capsys):
+    ckpts = sorted(demo_dir.glob("runs/*/seed0/**/checkpoints/step-*/trainer_state.pt"))
+    before = {p: p.stat().st_mtime for p in ckpts}
+    assert main(["demo", "--preset", "test", "--out", str(demo_dir)]) == 0
+    assert "[train]" not in capsys.readouterr().out
+    assert {p: p.stat().st_mtime for p in ckpts} == before
+
+
+def test_other_preset_in_same_folder_is_refused(demo_dir):
+    assert main(["demo", "--preset", "test", "--seeds", "2", "--out", str(demo_dir)]) == 2
+
+
+def test_report_command_rebuilds(demo_dir, tmp_path):
+    (demo_dir / "report.md").unlink()
+    assert main(["report", str(demo_dir)]) == 0
+    assert (demo_dir / "report.md").exists()
+    assert main(["report", str(tmp_path)]) == 2

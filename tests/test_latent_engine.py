@@ -1,0 +1,236 @@
+"""The latent engine's proofs of correctness, on both backbone families (fp32, CPU).
+
+- cached rollout == naive full recompute (logits, latents, loss, gradients within 1e-5);
+- a left-padded batch == its examples one by one (training forward and generation);
+- K = 0 == the plain HF model's forward on the same prompt;
+- cached generation == a greedy loop that recomputes the whole sequence per token.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stormvl.backbones import Prompt
+from stormvl.backbones.tiny import build_tiny, random_clip
+from stormvl.latent import LatentModel, forward_naive, forward_train, generate, naive_rollout
+
+FAMILIES = ["qwen2_5_vl", "qwen3_vl"]
+TOL = dict(atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def bb(request):
+    return build_tiny(request.param, "tiny", seed=0)
+
+
+def _video(bb, n, h=56, w=56, seed=0):
+    frames, ts = random_clip(n, h, w, seed=seed)
+    return bb.preprocess_video(frames, ts)
+
+
+def _prompts(bb, k, target=True):
+    """Rows of different lengths: one video, a 2-video (oracle-style) row, a text-only row."""
+    v1, v2, v3 = _video(bb, 4, seed=1), _video(bb, 2, 56, 84, seed=2), _video(bb, 3, seed=3)
+    rows = [
+        ([v1], "Which cup hides the ball?\nA. red\nB. blue", "A"),
+        ([v3, v2], "Where does it exit?", "the ball goes left so C"),
+        ([], "Count the events in this rather long question text please", "B"),
+    ]
+    return [Prompt(v, t, k=k, target=a if target else None) for v, t, a in rows]
+
+
+def _batch(bb, k, target=True, rows=None):
+    ps = _prompts(bb, k, target)
+    ps = ps if rows is None else [ps[i] for i in rows]
+    return bb.collate([bb.encode(p) for p in ps])
+
+
+@pytest.mark.parametrize("k", [0, 1, 4])
+def test_cached_equals_naive(bb, k):
+    batch = _batch(bb, k)
+    with torch.no_grad():
+        a, b = forward_train(bb, batch), forward_naive(bb, batch)
+    torch.testing.assert_close(a.logits, b.logits, **TOL)
+    torch.testing.assert_close(a.latents, b.latents, **TOL)
+    torch.testing.assert_close(a.loss, b.loss, **TOL)
+    assert a.latents.shape == (3, k, bb.hidden_size)
+    assert a.n_tokens == int((batch.labels != -100).sum()) > 3
+
+
+def _grads(bb, fn, batch, projector=None):
+    bb.model.train()
+    bb.model.zero_grad(set_to_none=True)
+    if projector is not None:
+        projector.zero_grad(set_to_none=True)
+    out = fn(bb, batch, projector)
+    (out.loss + 0.1 * out.latents.pow(2).mean()).backward()  # gradients through latents too
+    params = list(bb.model.named_parameters()) + (
+        list(projector.named_parameters()) if projector is not None else [])
+    g = {n: p.grad.clone() for n, p in params if p.grad is not None}
+    bb.model.eval()
+    return g
+
+
+def _assert_grads_equal(bb, proj=None):
+    batch = _batch(bb, 3)
+    ga, gb = _grads(bb, forward_train, batch, proj), _grads(bb, forward_naive, batch, proj)
+    assert ga.keys() == gb.keys() and len(ga) > 10
+    for name in ga:
+        torch.testing.assert_close(ga[name], gb[name], **TOL, msg=name)
+    # the chain is differentiable end to end: the vision tower gets gradients too
+    assert any("visual" in n and ga[n].abs().sum() > 0 for n in ga)
+    return ga
+
+
+def test_gradients_cached_equal_naive(bb):
+    _assert_grads_equal(bb)
+
+
+def test_gradients_with_projector_cached_equal_naive():
+    """The optional projector is family-agnostic engine code: one family suffices."""
+    bb = build_tiny("qwen2_5_vl", "tiny", seed=2)
+    torch.manual_seed(0)
+    proj = torch.nn.Linear(bb.hidden_size, bb.hidden_size)
+    g = _assert_grads_equal(bb, proj)
+    assert g["weight"].abs().sum() > 0 and g["bias"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("k", [0, 3])
+def test_left_padded_batch_equals_single_examples(bb, k):
+    batch = _batch(bb, k)
+    with torch.no_grad():
+        out = forward_train(bb, batch)
+        for r in range(3):
+            one = forward_train(bb, _batch(bb, k, rows=[r]))
+            n = one.logits.shape[1]
+            torch.testing.assert_close(out.logits[r, :n], one.logits[0], **TOL)
+            torch.testing.assert_close(out.latents[r], one.latents[0], **TOL)
+            cols = (batch.labels[r] != -100).sum()
+            assert cols == (one.logits.shape[1] if r == 0 else cols)
+
+
+def test_k0_equals_plain_hf_forward(bb):
+    batch = _batch(bb, 0)
+    with torch.no_grad():
+        ours = forward_train(bb, batch)
+        kwargs = dict(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+            pixel_values_videos=torch.cat([v.pixel_values for v in batch.videos]),
+            video_grid_thw=torch.stack([v.grid_thw for v in batch.videos]),
+            mm_token_type_ids=batch.mm_token_type_ids, position_ids=batch.position_ids,
+        )
+        if bb.family == "qwen2_5_vl":
+            kwargs["second_per_grid_ts"] = torch.tensor([v.second_per_grid for v in batch.videos])
+        hf = bb.model(**kwargs).logits
+    t = batch.target_col
+    torch.testing.assert_close(ours.logits, hf[:, t - 1 : -1], **TOL)
+    if bb.family == "qwen3_vl":  # transformers' own positions agree for Qwen3-VL
+        del kwargs["position_ids"]
+        bb.model.model.rope_deltas = None
+        with torch.no_grad():
+            hf2 = bb.model(**kwargs).logits
+        sup = batch.labels[:, t:] != -100  # right padding gets other (unused) positions there
+        torch.testing.assert_close(ours.logits[sup], hf2[:, t - 1 : -1][sup], **TOL)
+
+
+def _naive_greedy(bb, batch, steps):
+    """Greedy decoding that recomputes the whole sequence (no cache) for every token."""
+    with torch.no_grad():
+        ctx = bb.prepare(batch)
+        _, _, embeds = naive_rollout(bb, ctx)  # latent slots filled by the naive chain
+        toks = []
+        for _ in range(steps):
+            h = bb.run(ctx, bb.new_cache(), 0, embeds)[:, -1]
+            logits = bb.lm_head(h)
+            logits[:, bb.never_generate] = float("-inf")
+            t = logits.argmax(-1)
+            toks.append(t)
+            embeds = torch.cat([embeds, bb.embed_tokens(t)[:, None]], 1)
+    return torch.stack(toks, 1).tolist()
+
+
+@pytest.mark.parametrize("k", [0, 3])
+def test_generate_equals_naive_greedy_and_single_rows(bb, k):
+    batch = _batch(bb, k, target=False)
+    bb.eos_ids_backup = bb.eos_ids
+    bb.eos_ids = set()  # random weights: decode the full budget
+    try:
+        gen = generate(bb, batch, max_new_tokens=6)
+        assert [len(t) for t in gen.token_ids] == [6, 6, 6] and gen.n_generated == [6, 6, 6]
+        assert gen.token_ids == _naive_greedy(bb, batch, 6)
+        for r in range(3):
+            one = generate(bb, _batch(bb, k, target=False, rows=[r]), max_new_tokens=6)
+            assert one.token_ids[0] == gen.token_ids[r]
+            torch.testing.assert_close(one.latents[0], gen.latents[r], **TOL)
+    finally:
+        bb.eos_ids = bb.eos_ids_backup
+    assert set(gen.timings) == {"prefill", "rollout", "decode"}
+    assert gen.latents.shape == (3, k, bb.hidden_size)
+
+
+def test_generate_latents_match_training_forward(bb):
+    with torch.no_grad():
+        train = forward_train(bb, _batch(bb, 4))
+        gen = generate(bb, _batch(bb, 4, target=False), max_new_tokens=1)
+    torch.testing.assert_close(gen.latents, train.latents, **TOL)
+
+
+def test_sampling_is_seeded(bb):
+    batch = _batch(bb, 2, target=False)
+    g1 = generate(bb, batch, 5, do_sample=True, top_p=0.9, generator=torch.Generator().manual_seed(3))
+    g2 = generate(bb, batch, 5, do_sample=True, top_p=0.9, generator=torch.Generator().manual_seed(3))
+    assert g1.token_ids == g2.token_ids
+
+
+def test_latent_model_module(bb):
+    proj = torch.nn.Linear(bb.hidden_size, bb.hidden_size)
+    m = LatentModel(bb, proj)
+    assert {n.split(".")[0] for n, _ in m.named_parameters()} == {"model", "projector"}
+    with torch.no_grad():
+        out = m(_batch(bb, 2))
+    assert torch.isfinite(out.loss)
+
+
+def test_deepstack_reaches_every_slice():
+    """Qwen3-VL: dropping DeepStack inputs changes the logits (the slice path carries them)."""
+    bb = build_tiny("qwen3_vl", "tiny")
+    batch = _batch(bb, 2)
+    with torch.no_grad():
+        full = forward_train(bb, batch).logits
+        orig = bb._lm_extra_kwargs
+        bb._lm_extra_kwargs = lambda ctx, s, n: {}
+        try:
+            without = forward_train(bb, batch).logits
+        finally:
+            bb._lm_extra_kwargs = orig
+    assert (full - without).abs().max() > 1e-4
+
+
+def test_checkpointed_slices_give_the_same_gradients():
+    bb = build_tiny("qwen3_vl", "tiny", seed=3)
+    batch = _batch(bb, 3)
+    plain = _grads(bb, forward_train, batch)
+    bb.checkpoint_slices = True
+    try:
+        ckpt = _grads(bb, forward_train, batch)
+    finally:
+        bb.checkpoint_slices = False
+    assert plain.keys() == ckpt.keys()
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], **TOL, msg=name)
+
+
+def test_transformers_gradient_checkpointing_is_refused():
+    """It would silently drop the KV cache between latent passes."""
+    bb = build_tiny("qwen2_5_vl", "tiny")
+    bb.model.activation_checkpointing_enable()
+    bb.model.train()
+    try:
+        with pytest.raises(ValueError, match="drops the KV cache"):
+            forward_train(bb, _batch(bb, 2))
+        out = forward_train(bb, _batch(bb, 0))  # K = 0 runs without a cache: allowed
+        out.loss.backward()
+    finally:
+        bb.model.activation_checkpointing_disable()
+        bb.model.eval()

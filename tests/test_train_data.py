@@ -1,0 +1,226 @@
+"""Training data pieces without a model: importers, video budget, sampler, bad media."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import train_fixtures  # noqa: F401  (one torch thread)
+from stormvl.data.manifest import Sample, write_manifest
+from stormvl.data.video import write_video
+from stormvl.errors import ManifestError, UserError
+from stormvl.training.config import DataConfig, VideoConfig
+from stormvl.training.data import (
+    Item,
+    ResumableSampler,
+    Skipped,
+    VideoQADataset,
+    load_samples,
+    make_collate,
+)
+from stormvl.training.importers import import_llamafactory, import_video_r1, split_options
+from stormvl.training.video_settings import backbone_counter, plan_video, with_max_pixels
+
+
+def _video(path, n=8, h=32, w=32, seed=0):
+    rng = np.random.default_rng(seed)
+    write_video(path, rng.integers(0, 255, (n, h, w, 3), dtype=np.uint8), fps=4)
+
+
+# --- importers -------------------------------------------------------------------------------
+
+
+def test_llamafactory_messages_with_dataset_info(tmp_path):
+    recs = [
+        {"messages": [{"role": "user", "content": "<video>Where is the ball?\nA. left\nB. right"},
+                      {"role": "assistant", "content": "<think>it moved</think><answer>B</answer>"}],
+         "videos": ["v/a.mp4"]},
+        {"messages": [{"role": "user", "content": "<video>Describe the clip."},
+                      {"role": "assistant", "content": "A cat."}], "videos": ["v/b.mp4"]},
+        {"messages": [{"role": "user", "content": "No video here\nA. x\nB. y"},
+                      {"role": "assistant", "content": "A"}]},
+    ]
+    (tmp_path / "d.json").write_text(json.dumps(recs))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"vid": {
+        "file_name": "d.json", "formatting": "sharegpt",
+        "columns": {"messages": "messages", "videos": "videos"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                 "assistant_tag": "assistant"}}}))
+    rep = import_llamafactory("vid", tmp_path / "dataset_info.json")
+    assert len(rep.samples) == 1
+    s = rep.samples[0]
+    assert (s.question, s.options, s.answer, s.rationale) == ("Where is the ball?", ["left", "right"], "B", "it moved")
+    assert s.video == "v/a.mp4"
+    assert sum(rep.skipped.values()) == 2 and "no video" in rep.skipped
+    with pytest.raises(ManifestError, match="no dataset named 'nope'"):
+        import_llamafactory("nope", tmp_path / "dataset_info.json")
+
+
+def test_llamafactory_sharegpt_defaults_and_errors(tmp_path):
+    rec = {"conversations": [{"from": "human", "value": "<video>Q?\n(A) red\n(B) blue\n(C) green"},
+                             {"from": "gpt", "value": "blue"}], "videos": ["x.mp4"]}
+    (tmp_path / "d.jsonl").write_text(json.dumps(rec) + "\n")
+    s = import_llamafactory(tmp_path / "d.jsonl").samples[0]
+    assert s.options == ["red", "blue", "green"] and s.answer == "B"
+    rec["conversations"][1]["value"] = "D"  # not among 3 options
+    (tmp_path / "d.jsonl").write_text(json.dumps(rec) + "\n")
+    with pytest.raises(ManifestError, match=r"d.jsonl: row 0: assistant reply"):
+        import_llamafactory(tmp_path / "d.jsonl")
+    rec["videos"] = ["x.mp4", "y.mp4"]  # placeholder count mismatch
+    (tmp_path / "d.jsonl").write_text(json.dumps(rec) + "\n")
+    with pytest.raises(ManifestError, match="1 <video> placeholders for 2 videos"):
+        import_llamafactory(tmp_path / "d.jsonl")
+
+
+def test_video_r1_schema(tmp_path):
+    rows = [
+        {"problem_id": 7, "problem": "Which way does it turn?", "data_type": "video",
+         "problem_type": "multiple choice", "options": ["A. left", "B. right", "C. none"],
+         "process": "<think>The arrow turns clockwise.</think>", "solution": "<answer>B</answer>",
+         "path": "./clips/7.mp4", "data_source": "synthetic"},
+        {"problem_id": 8, "problem": "How many?", "data_type": "video", "problem_type": "numerical",
+         "options": [], "process": "", "solution": "<answer>3</answer>", "path": "./clips/8.mp4"},
+        {"problem_id": 9, "problem": "img", "data_type": "image", "problem_type": "multiple choice",
+         "options": ["A. a", "B. b"], "solution": "<answer>A</answer>", "path": "i.jpg"},
+    ]
+    (tmp_path / "r1.json").write_text(json.dumps(rows))
+    rep = import_video_r1(tmp_path / "r1.json")
+    assert [s.id for s in rep.samples] == ["7"]
+    s = rep.samples[0]
+    assert (s.video, s.answer, s.options, s.rationale) == ("clips/7.mp4", "B", ["left", "right", "none"],
+                                                         "The arrow turns clockwise.")
+    assert rep.skipped["problem_type numerical"] == 1 and rep.skipped["not a video"] == 1
+    del rows[0]["solution"]
+    (tmp_path / "r1.json").write_text(json.dumps(rows))
+    with pytest.raises(ManifestError, match=r"row 0: missing field 'solution'"):
+        import_video_r1(tmp_path / "r1.json")
+
+
+def test_split_options_requires_consecutive_letters():
+    assert split_options("Q\nA. x\nC. y") == ("Q", ["x C. y"])  # C is not B: a wrapped line
+    assert split_options("Q\nOptions:\nA: x\nB: y")[1] == ["x", "y"]
+
+
+# --- video budget ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def backbone(request):
+    from stormvl.backbones.tiny import build_tiny
+
+    return build_tiny(family=request.param, size="tiny", seed=0)
+
+
+@pytest.mark.parametrize("h,w,frames,budget", [(480, 640, 32, 256), (1080, 1920, 16, 1000),
+                                               (64, 64, 7, 3), (360, 200, 64, 40)])
+def test_plan_never_exceeds_budget_and_keeps_whole_spans(backbone, h, w, frames, budget):
+    tp = backbone.temporal_patch
+    vc = VideoConfig(num_frames=frames, min_pixels=backbone.video.min_pixels,
+                     max_pixels=backbone.video.max_pixels * 16, max_visual_tokens=budget)
+    try:
+        plan = plan_video(h, w, frames, vc, backbone_counter(backbone), tp)
+    except UserError as exc:  # only when one group at min_pixels is over budget
+        assert "below one frame group" in str(exc)
+        return
+    assert plan.tokens <= budget and plan.num_frames % tp == 0 and plan.num_frames >= tp
+    # nothing is cut: the backbone's own preprocessing at the planned bound makes exactly
+    # plan.tokens placeholders, all of them inside the budget
+    frames_in = np.zeros((plan.num_frames, h, w, 3), np.uint8)
+    vi = with_max_pixels(backbone, plan.max_pixels).preprocess_video(frames_in, np.arange(plan.num_frames) / 4)
+    assert vi.n_tokens == plan.tokens
+
+
+def test_plan_prefers_resolution_then_frames_and_refuses_impossible(backbone):
+    count, tp = backbone_counter(backbone), backbone.temporal_patch
+    lo, hi = backbone.video.min_pixels, backbone.video.max_pixels * 16
+    vc = VideoConfig(num_frames=16, min_pixels=lo, max_pixels=hi, max_visual_tokens=100_000)
+    full = plan_video(224, 224, 16, vc, count, tp)
+    assert full.max_pixels == hi and full.num_frames == 16
+    at_min = count(16, 224, 224, lo)
+    squeezed = plan_video(224, 224, 16, vc, count, tp, budget=at_min)
+    assert squeezed.num_frames == 16 and squeezed.tokens <= at_min  # resolution went first
+    fewer = plan_video(224, 224, 16, vc, count, tp, budget=max(1, at_min // 2))
+    assert fewer.num_frames < 16 and fewer.tokens <= max(1, at_min // 2)
+    with pytest.raises(UserError, match="max_visual_tokens=0"):
+        plan_video(224, 224, 16, vc, count, tp, budget=0)
+
+
+# --- sampler ---------------------------------------------------------------------------------
+
+
+def _samples(n, levels=("1", "2")):
+    return [Sample(f"s{i}", "v.mp4", "q", ["a", "b"], "A", difficulty=levels[i % len(levels)])
+            for i in range(n)]
+
+
+def test_sampler_resume_and_ddp_slices():
+    samples, cfg = _samples(10), DataConfig(train="x")
+    one = ResumableSampler(samples, 4, cfg, seed=3)
+    it = iter(one)
+    full = [next(it) for _ in range(6)]
+    resumed = iter(ResumableSampler(samples, 4, cfg, seed=3, start=4))
+    assert [next(resumed) for _ in range(2)] == full[4:]  # skip by arithmetic, same order
+    r0, r1 = (iter(ResumableSampler(samples, 2, cfg, seed=3, world=2, rank=r)) for r in (0, 1))
+    for b in range(6):
+        assert next(r0) + next(r1) == full[b]
+    # each epoch visits every sample once
+    flat = [i for b in full for i in b][:20]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
+
+
+def test_sampler_curriculum_mixing():
+    samples = _samples(20)
+    cfg = DataConfig(train="x", difficulty_weights={"1": 0.5, "2": 0.5},
+                     curriculum=[{"until_step": 2, "weights": {"1": 1.0}}])
+    s = ResumableSampler(samples, 8, cfg, seed=0, grad_accum=2)
+    early = [samples[i].difficulty for b in range(4) for i in s.global_batch(b)]
+    late = [samples[i].difficulty for b in range(4, 40) for i in s.global_batch(b)]
+    assert set(early) == {"1"}
+    assert 0.4 < late.count("2") / len(late) < 0.6
+    bad = DataConfig(train="x", difficulty_weights={"9": 1.0})
+    with pytest.raises(UserError, match="select no sample"):
+        ResumableSampler(samples, 2, bad).global_batch(0)
+
+
+# --- dataset: decoding, bad media, budget ----------------------------------------------------
+
+
+def test_dataset_skips_bad_media_with_reason(tmp_path):
+    _video(tmp_path / "ok.mp4", n=8, h=64, w=48)
+    (tmp_path / "corrupt.mp4").write_bytes(b"\x00not a video" * 10)
+    rows = [Sample("a", "ok.mp4", "q", ["x", "y"], "A"),
+            Sample("b", "missing.mp4", "q", ["x", "y"], "A"),
+            Sample("c", "corrupt.mp4", "q", ["x", "y"], "B"),
+            Sample("d", "../escape.mp4", "q", ["x", "y"], "B")]
+    write_manifest(tmp_path / "m.jsonl", rows)
+    samples, root, _ = load_samples(DataConfig(train=str(tmp_path / "m.jsonl"), split=None))
+    vc = VideoConfig(num_frames=4, max_visual_tokens=16, min_pixels=28 * 28, max_pixels=56 * 56)
+    ds = VideoQADataset(samples, root, vc, lambda t, h, w, px: (t // 2) * 2, 2)
+    col = make_collate(None)([ds[i] for i in range(4)])
+    assert col.ids == ["a"] and col.requested == 4
+    reasons = {s.file: s.reason for s in col.skipped}
+    assert "not found" in reasons["missing.mp4"]
+    assert "corrupt.mp4" in reasons["corrupt.mp4"]
+    assert "escapes the media root" in reasons["../escape.mp4"]
+    loaded = col.batch[0]
+    assert loaded.frames.shape[0] == loaded.plan.num_frames == 4 and loaded.plan.tokens <= 16
+    assert isinstance(ds[0], Item) and isinstance(ds[1], Skipped)
+
+
+def test_every_shipped_train_config_loads():
+    from stormvl.config import load_config
+    from stormvl.training.config import TrainConfig
+
+    paths = sorted((Path(__file__).parents[1] / "configs" / "train").glob("*.yaml"))
+    assert len(paths) >= 8
+    for p in paths:
+        cfg = load_config(TrainConfig, p)
+        assert cfg.method.name in p.name or "storm" in p.name
+    seven = load_config(TrainConfig, paths[0].parent / "qwen2_5_vl_7b_storm_stage1.yaml")
+    assert seven.model.lora.enabled and seven.model.freeze_vision and seven.model.dtype == "bfloat16"
+    with pytest.raises(UserError, match="freeze_vision=true"):
+        load_config(TrainConfig, paths[0].parent / "qwen2_5_vl_7b_storm_stage1.yaml",
+                    ["model.freeze_vision=false"])
