@@ -108,3 +108,37 @@ def test_bad_generate_arguments():
         generate("shell_game", 0, size=33)
     with pytest.raises(UserError, match="split"):
         generate("shell_game", 0, split="dev")
+
+
+def test_regenerate_refuses_other_generator_versions():
+    it = generate("speed", 0, frames=8, size=32)
+    meta = json.loads(json.dumps(it.meta))
+    meta["synth"]["version"] = 999
+    s = Sample(id="x", video="v.mp4", question="q?", options=["a", "b"], answer="A", meta=meta)
+    with pytest.raises(UserError, match="version 999"):
+        regenerate(s)
+    with pytest.raises(UserError, match="no meta"):
+        regenerate(Sample(id="y", video="v.mp4", question="q?", options=["a", "b"], answer="A"))
+
+
+@pytest.mark.parametrize("family", ["shell_game", "containment", "event_count", "state_change", "map_building"])
+def test_last_probe_matches_the_answer(family):
+    from stormvl.synth.families.map_building import QUADS
+    from stormvl.synth.families.shell_game import slot_name
+    from stormvl.synth.scene import COLOR_NAMES
+
+    for i in range(8):
+        it = generate(family, i, seed=4, difficulty="mixed", frames=16, size=48)
+        right = it.options[LETTERS.index(it.answer)]
+        last = it.state[-1]["probe"]
+        if family == "shell_game":
+            assert right == slot_name(last)
+        elif family == "containment":
+            assert right.split()[1] == it.rationale.split("ends in the ")[1].split()[0]
+            assert last >= 0
+        elif family == "event_count":
+            assert int(right) == last
+        elif family == "state_change":
+            assert right == COLOR_NAMES[last]
+        else:
+            assert right == f"{QUADS[last]} it"

@@ -6,7 +6,15 @@ from collections import OrderedDict
 
 from stormvl.data.manifest import Sample
 from stormvl.errors import UserError
-from stormvl.synth.base import DIFFICULTIES, SPLITS, Family, Spec, SynthItem, assemble
+from stormvl.synth.base import (
+    DIFFICULTIES,
+    GENERATOR_VERSION,
+    SPLITS,
+    Family,
+    Spec,
+    SynthItem,
+    assemble,
+)
 from stormvl.synth.families.collision import Collision
 from stormvl.synth.families.containment import Containment
 from stormvl.synth.families.counterfactual import Counterfactual
@@ -100,4 +108,9 @@ def regenerate(sample: Sample) -> SynthItem:
     missing = [k for k in keys if k not in args]
     if missing:
         raise UserError(f"sample {sample.id!r}: meta['synth'] lacks {missing}")
+    if args.get("version", GENERATOR_VERSION) != GENERATOR_VERSION:
+        raise UserError(
+            f"sample {sample.id!r}: made by synth generator version {args['version']}, this is "
+            f"version {GENERATOR_VERSION}; its pixels cannot be reproduced exactly"
+        )
     return generate(**{k: args[k] for k in keys})
