@@ -139,3 +139,41 @@ def test_export_copies_processor_files(tmp_path):
     assert copy_processor_files(str(tmp_path / "base"), tmp_path / "out") == [
         "preprocessor_config.json", "chat_template.jinja"]
     assert copy_processor_files("tiny:qwen2_5_vl", tmp_path / "out") == []
+
+
+def test_projector_centres_targets_and_saves_the_centre():
+    import torch
+
+    p = Projector(8, 8, 1)
+    t = torch.randn(3, 2, 1, 8)
+    assert torch.equal(p.center_targets(t), t)  # no centre yet: unchanged
+    center = t.mean(0)  # (K, P, D)
+    p.set_center(center)
+    assert torch.allclose(p.center_targets(t).mean(0), torch.zeros(2, 1, 8), atol=1e-6)
+    q = Projector(8, 8, 1)
+    q.load_saved({k: v.clone() for k, v in p.state_dict().items()})
+    assert torch.equal(q.target_center, center)
+
+
+def test_set_target_center_is_the_mean_of_cached_targets(tmp_path):
+    import torch
+
+    from stormvl.config import from_dict
+    from stormvl.training.config import TrainConfig
+    from stormvl.training.loop import set_target_center
+    from stormvl.training.targets import TargetCache
+
+    cache = TargetCache(tmp_path)
+    ts = [torch.randn(2, 1, 8) for _ in range(4)]
+    parts = {}
+    for i, t in enumerate(ts):
+        parts[f"s{i}"] = TargetCache.key_parts(f"v{i}", "random_projection", "h", {"k": 2})
+        cache.put(parts[f"s{i}"], t)
+    cfg = from_dict(TrainConfig, {"data": {"train": "x.jsonl"}})
+    p = Projector(8, 8, 1)
+    set_target_center(p, cfg, parts, cache)
+    assert torch.allclose(p.target_center, torch.stack(ts).mean(0), atol=1e-6)
+    off = from_dict(TrainConfig, {"data": {"train": "x.jsonl"}, "align": {"center": False}})
+    p2 = Projector(8, 8, 1)
+    set_target_center(p2, off, parts, cache)
+    assert not p2.target_center.any()

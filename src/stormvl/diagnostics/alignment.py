@@ -40,7 +40,7 @@ def _projector(ckpt: Path, cfg, hidden: int):
     width = cfg.targets.dim or hidden
     per = cfg.targets.per_step if cfg.targets.reduction == "multi" else 1
     proj = Projector(hidden, width, per, cfg.align.projector)
-    proj.load_state_dict(load_file(str(f)))
+    proj.load_saved(load_file(str(f)))
     return proj.eval()
 
 
@@ -81,6 +81,8 @@ def alignment_report(ckpts, samples, root: Path, final_latents: torch.Tensor, pr
     proj1 = _projector(stage1_ckpts[-1], cfg1, final.backbone.hidden_size)
     if proj1 is None:
         return {"error": f"{stage1_ckpts[-1]}: no Stage-I projector saved"}
+    # align in the space training used: targets minus the mean training target (if centred)
+    targets = targets - proj1.target_center[:, 0]
     pred = _project(proj1, final_latents)
     out = {
         "final_cos_per_step": _cos_per_step(pred, targets),
@@ -97,12 +99,13 @@ def alignment_report(ckpts, samples, root: Path, final_latents: torch.Tensor, pr
         out["curve"].append({"step": step, "stage": stage,
                              "cos_per_step": _cos_per_step(_project(proj, lat), targets[: len(items)])})
     if figure is not None:
-        _picture(figure, samples, root, pred, encoder, k, preset)
+        _picture(figure, samples, root, pred, encoder, k, preset, proj1.target_center[:, 0])
         out["figure"] = figure.name
     return out
 
 
-def _picture(path: Path, samples, root: Path, pred: torch.Tensor, encoder, k: int, preset) -> None:
+def _picture(path: Path, samples, root: Path, pred: torch.Tensor, encoder, k: int, preset,
+             center: torch.Tensor) -> None:
     """One row per family: for each step, (true segment-end frame, nearest frame to latent)."""
     from stormvl.data.manifest import resolve_media
     from stormvl.data.video import read_clip
@@ -116,7 +119,9 @@ def _picture(path: Path, samples, root: Path, pred: torch.Tensor, encoder, k: in
         seen.add(s.family)
         clip = read_clip(resolve_media(root, s.thought_video), num_frames=preset.frames)
         feats = encoder.encode(clip.frames, clip.timestamps).mean(1)  # (T, D)
-        sims = F.normalize(pred[i], dim=-1) @ F.normalize(feats, dim=-1).T  # (K, T)
+        # each step compares with frames in its own centred space: (K, T)
+        sims = torch.einsum("kd,ktd->kt", F.normalize(pred[i], dim=-1),
+                            F.normalize(feats[None] - center[:, None], dim=-1))
         row = []
         for step, (_, end) in enumerate(segment_bounds(len(clip.frames), k)):
             row += [clip.frames[end - 1], clip.frames[int(sims[step].argmax())]]

@@ -114,6 +114,7 @@ class TrainModule(nn.Module):
             if targets is None:  # no sample here has a thought video: a zero term keeps every
                 al = cos = pred.sum() * 0.0  # process's graph (and DDP's reducer) the same
             else:
+                targets = self.projector.center_targets(targets)
                 al = align_loss(pred, targets, self.kind, self.temperature, mask)
                 cos = cosine_agreement(pred[mask], targets[mask]) if mask.any() else al.detach() * 0
             parts.update(align=al, cos=cos, loss=out.loss + self.align_weight * al)
@@ -155,13 +156,16 @@ class Run:
     log: MetricsLog | None = None
 
 
+def _cache(cfg: TrainConfig) -> TargetCache:
+    return TargetCache(Path(cfg.targets.cache_dir or Path(cfg.out_dir) / "target_cache"))
+
+
 def _targets(cfg: TrainConfig, acc, bb, samples, root) -> dict:
     """Build (or find cached) Stage-I targets on the main process; others wait and read."""
-    cache_dir = cfg.targets.cache_dir or str(Path(cfg.out_dir) / "target_cache")
     encoder = build_encoder(cfg.targets, bb)
     report = None
     with acc.main_process_first():
-        report = build_targets(samples, root, encoder, TargetCache(Path(cache_dir)), cfg.targets,
+        report = build_targets(samples, root, encoder, _cache(cfg), cfg.targets,
                                cfg.method.k, cfg.video.timeout_s)
     if acc.is_main_process:
         print(f"targets ({encoder.name}): {report.built} built, {report.hits} cached, "
@@ -211,11 +215,26 @@ def build_projector(cfg: TrainConfig, hidden: int) -> Projector:
     per = cfg.targets.per_step if cfg.targets.reduction == "multi" else 1
     projector = Projector(hidden, target_width(cfg, hidden), per, cfg.align.projector)
     saved = Path(cfg.method.stage1_checkpoint or "") / ckpt.PROJECTOR
-    if cfg.method.stage == 2 and saved.is_file() and projector.proj is not None:
+    if cfg.method.stage == 2 and saved.is_file():
         from safetensors.torch import load_file
 
-        projector.load_state_dict(load_file(str(saved)))
+        projector.load_saved(load_file(str(saved)))
     return projector
+
+
+def set_target_center(projector: Projector | None, cfg: TrainConfig, parts: dict, cache: TargetCache) -> None:
+    """Centre alignment on the question-specific part of the targets (``align.center``)."""
+    if projector is None or not cfg.align.center or not parts:
+        return
+    total, n = None, 0
+    for key in sorted(parts):  # fixed order: every process gets the same bits
+        t = cache.get(parts[key])
+        if t is None:
+            continue
+        total = t.double() if total is None else total + t.double()
+        n += 1
+    if n:
+        projector.set_center((total / n).float())
 
 
 def setup(cfg: TrainConfig, resume: bool) -> Run:
@@ -248,13 +267,14 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
     if use_align and cfg.targets.encoder != "frozen_copy":
         parts = _targets(cfg, acc, bb, samples, root)
     projector = build_projector(cfg, bb.hidden_size) if use_align else None
+    set_target_center(projector, cfg, parts, _cache(cfg))
     module = TrainModule(LatentModel(bb), projector, cfg)
     if cfg.targets.encoder == "frozen_copy":
         module.align_weight = 0.0  # CE-only warm-up until the tower copy is taken
     if last is not None and projector is not None and (last / ckpt.PROJECTOR).is_file():
         from safetensors.torch import load_file
 
-        projector.load_state_dict(load_file(str(last / ckpt.PROJECTOR)))
+        projector.load_saved(load_file(str(last / ckpt.PROJECTOR)))
     # with a process group even 1 process is sharded here (on GPU, accelerate.prepare would
     # otherwise apply its own FSDP wrapping, which the checkpoint code does not expect)
     sharded = fsdp.requested(acc) and torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -273,7 +293,7 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
         state, parts = _restore(last, acc, module, optimizer, scheduler, parts, sharded)
     if not sharded:
         module, optimizer = acc.prepare(module, optimizer)
-    cache = TargetCache(Path(cfg.targets.cache_dir or out / "target_cache"))
+    cache = _cache(cfg)
     dataset = VideoQADataset(samples, root, cfg.video, backbone_counter(bb), bb.temporal_patch,
                              make_prepare(bb, cfg), parts, cache,
                              cfg.method.oracle_frames if cfg.method.name == "oracle" else 0)
@@ -455,6 +475,7 @@ def _maybe_take_tower_copy(run: Run) -> bool:
         return False
     run.target_parts = _targets(cfg, run.acc, run.built.backbone, run.samples, run.root)
     run.dataset.target_parts = run.target_parts
+    set_target_center(module.projector, cfg, run.target_parts, _cache(cfg))
     module.align_weight = cfg.align_weight
     return True
 

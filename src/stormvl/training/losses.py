@@ -91,6 +91,23 @@ class Projector(nn.Module):
                 f"x {per_step} per step"
             )
         self.proj = nn.Linear(hidden, target * per_step) if mode == "linear" or (mode == "auto" and need) else None
+        # mean training target (K, P, D_t), subtracted from targets before alignment; zeros
+        # (no centring) until ``set_center``. Saved with the projector.
+        self.register_buffer("target_center", torch.zeros(1, per_step, target))
+
+    def set_center(self, center: torch.Tensor) -> None:
+        """Use ``center`` (K, P, D_t) as the mean target to subtract (``center_targets``)."""
+        self.target_center = center.detach().to(self.target_center)
+
+    def load_saved(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a saved projector (its centre may have another K than the fresh buffer)."""
+        if "target_center" in state:
+            self.target_center = state["target_center"].clone().to(self.target_center)
+        self.load_state_dict(state)
+
+    def center_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        """(B, K, P, D_t) targets minus the mean training target."""
+        return targets - self.target_center
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, K, D_h) -> (B, K, P, D_t)."""
