@@ -103,6 +103,9 @@ class Projector(nn.Module):
         """Load a saved projector (its centre may have another K than the fresh buffer)."""
         if "target_center" in state:
             self.target_center = state["target_center"].clone().to(self.target_center)
+        else:  # saved before centring existed: it was trained on uncentred targets
+            self.target_center = torch.zeros_like(self.target_center)
+            state = {**state, "target_center": self.target_center}
         self.load_state_dict(state)
 
     def center_targets(self, targets: torch.Tensor) -> torch.Tensor:
