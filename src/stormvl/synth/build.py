@@ -33,6 +33,7 @@ from stormvl.data.manifest import (
 )
 from stormvl.data.video import write_video
 from stormvl.errors import UserError
+from stormvl.io import write_text_atomic
 from stormvl.synth.base import GENERATOR_VERSION
 from stormvl.synth.registry import FAMILIES, check_args, generate
 
@@ -147,9 +148,7 @@ def _prepare_dir(out: Path, args: SuiteArgs, overwrite: bool) -> None:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def make_row(out: str, args: SuiteArgs, family: str, index: int) -> dict:

@@ -13,7 +13,6 @@ Accounting rules (the same for every benchmark):
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ from typing import Protocol
 
 from stormvl.data.manifest import LETTERS, iter_jsonl
 from stormvl.errors import UserError
+from stormvl.io import write_json_atomic
 from stormvl.tasks import extract
 from stormvl.tasks.base import EvalItem
 
@@ -267,14 +267,4 @@ def render_table(result: dict) -> str:
 
 def write_results(path: str | Path, result: dict) -> None:
     """Write results JSON atomically (temp file + rename): never a half-written file."""
-    import os
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_json_atomic(path, result)
