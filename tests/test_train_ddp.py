@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import yaml
 
 from stormvl.config import to_dict
 from stormvl.training.loop import train
-from train_fixtures import make_suite, tiny_config
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _losses(out: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+from train_fixtures import free_port, make_suite, metric, tiny_config
 
 
 def test_two_process_ddp_matches_one_process(tmp_path):
@@ -34,11 +21,11 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
            "-m", "stormvl", "train", str(tmp_path / "two.yaml")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    one, two = metric(tmp_path / "one"), metric(tmp_path / "two")
     assert len(one) == len(two) == 3
     for a, b in zip(one, two, strict=True):
         assert abs(a - b) < 1e-4 * max(1.0, abs(a)), (one, two)
@@ -69,4 +56,4 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     from stormvl.training.config import TrainConfig
 
     train(load_config(TrainConfig, tmp_path / "cut.yaml"), resume=True)
-    assert _losses(tmp_path / "cut") == _losses(tmp_path / "full")
+    assert metric(tmp_path / "cut") == metric(tmp_path / "full")

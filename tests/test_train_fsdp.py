@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,26 +17,16 @@ from stormvl.errors import UserError
 from stormvl.training import fsdp
 from stormvl.training.checkpoint import read_trainer_state
 from stormvl.training.loop import train
-from train_fixtures import make_suite, tiny_config
+from train_fixtures import free_port, make_suite, metric, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _losses(out: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def _launch_fsdp(config: Path, *extra: str) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     cmd = [sys.executable, "-m", "accelerate.commands.launch",
            "--config_file", str(ROOT / "configs" / "accelerate" / "fsdp.yaml"),
-           "--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
+           "--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
            "-m", "stormvl", "train", str(config), *extra]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -67,7 +55,7 @@ def test_two_process_fsdp_matches_one_process_and_resumes(tmp_path):
     state = read_trainer_state(tmp_path / "two" / "checkpoints" / "step-000002")
     assert state["optimizer_format"] == "fsdp" and state["optimizer"]["state"]
     _launch_fsdp(tmp_path / "two.yaml", "--resume", "optim.max_steps=4")  # steps 3-4
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    one, two = metric(tmp_path / "one"), metric(tmp_path / "two")
     assert len(one) == len(two) == 4
     for a, b in zip(one, two, strict=True):
         assert abs(a - b) < 1e-4 * max(1.0, abs(a)), (one, two)

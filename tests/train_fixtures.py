@@ -72,3 +72,19 @@ def tiny_config(out: Path, manifest: Path, method: str = "direct", **kw) -> Trai
     )
     assert not kw, kw
     return cfg
+
+
+def free_port() -> int:
+    """An unused localhost port for a torch.distributed rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metric(out: Path, key: str = "loss") -> list[float]:
+    """One metric of every logged step of a run."""
+    import json
+
+    return [json.loads(line)[key] for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -302,13 +302,34 @@ class Backbone:
     def tiny_video_settings(cls) -> VideoSettings:
         raise NotImplementedError
 
+    def _resized(self, num_frames: int, height: int, width: int) -> tuple[int, int]:
+        """Frame size after the family's smart resize (the only per-family step of
+        preprocessing: Qwen2.5-VL bounds pixels per frame, Qwen3-VL per clip)."""
+        raise NotImplementedError
+
+    def _pixel_bounds(self) -> tuple[int, int]:
+        lo = self.video.min_pixels or self.default_min_pixels
+        hi = self.video.max_pixels or self.default_max_pixels
+        return lo, hi
+
     def preprocess_video(self, frames, timestamps) -> VideoInputs:
         """(T, H, W, 3) uint8 frames + (T,) seconds -> tower inputs (the HF processor's steps)."""
-        raise NotImplementedError
+        from stormvl.backbones import video_processing as vp
+
+        x, ts = vp.check_frames(frames, timestamps)  # (T, 3, H, W) uint8
+        spg = vp.second_per_grid(ts, self.temporal_patch)
+        h, w = self._resized(x.shape[0], x.shape[-2], x.shape[-1])
+        x = vp.normalize(vp.resize_frames(x, h, w), self.image_mean, self.image_std)
+        x, ts = vp.pad_time(x, ts, self.temporal_patch)
+        pv, grid = vp.patchify(x, self.patch, self.merge, self.temporal_patch)
+        n = grid[0] * grid[1] * grid[2] // self.merge**2
+        return VideoInputs(pv, torch.tensor(grid), np.asarray(ts), spg, n)
 
     def video_token_count(self, num_frames: int, height: int, width: int) -> int:
         """Placeholder tokens a clip of this shape costs (for visual-token budgets)."""
-        raise NotImplementedError
+        h, w = self._resized(num_frames, height, width)
+        gt = -(-num_frames // self.temporal_patch)
+        return gt * (h // self.patch) * (w // self.patch) // self.merge**2
 
     def _video_items(self, v: VideoInputs) -> list:
         """Prompt items of one video: str text, int special ids, ("video", n) placeholders."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from stormvl.backbones import video_processing as vp
@@ -49,27 +48,9 @@ class Qwen2_5_VL(Backbone):
     def tiny_video_settings(cls) -> VideoSettings:
         return VideoSettings(min_pixels=28 * 28, max_pixels=56 * 56)
 
-    def _pixel_bounds(self) -> tuple[int, int]:
-        lo = self.video.min_pixels or self.default_min_pixels
-        hi = self.video.max_pixels or self.default_max_pixels
-        return lo, hi
-
-    def video_token_count(self, num_frames: int, height: int, width: int) -> int:
-        lo, hi = self._pixel_bounds()
-        h, w = vp.smart_resize_frame(height, width, self.patch * self.merge, lo, hi)
-        gt = -(-num_frames // self.temporal_patch)
-        return gt * (h // self.patch) * (w // self.patch) // self.merge**2
-
-    def preprocess_video(self, frames, timestamps) -> VideoInputs:
-        x, ts = vp.check_frames(frames, timestamps)  # (T, 3, H, W) uint8
-        spg = vp.second_per_grid(ts, self.temporal_patch)
-        lo, hi = self._pixel_bounds()
-        h, w = vp.smart_resize_frame(x.shape[-2], x.shape[-1], self.patch * self.merge, lo, hi)
-        x = vp.normalize(vp.resize_frames(x, h, w), self.image_mean, self.image_std)
-        x, ts = vp.pad_time(x, ts, self.temporal_patch)
-        pv, grid = vp.patchify(x, self.patch, self.merge, self.temporal_patch)
-        n = grid[0] * grid[1] * grid[2] // self.merge**2
-        return VideoInputs(pv, torch.tensor(grid), np.asarray(ts), spg, n)
+    def _resized(self, num_frames: int, height: int, width: int) -> tuple[int, int]:
+        lo, hi = self._pixel_bounds()  # per frame
+        return vp.smart_resize_frame(height, width, self.patch * self.merge, lo, hi)
 
     def _video_items(self, v: VideoInputs) -> list:
         return [self.vision_start_id, ("video", v.n_tokens), self.vision_end_id]

@@ -56,25 +56,9 @@ class Qwen3_VL(Backbone):
         return VideoSettings(min_pixels=4 * 32 * 32, max_pixels=64 * 64 * 16)
 
     def _resized(self, num_frames: int, height: int, width: int) -> tuple[int, int]:
-        lo = self.video.min_pixels or self.default_min_pixels
-        hi = self.video.max_pixels or self.default_max_pixels
+        lo, hi = self._pixel_bounds()  # per clip
         t = max(num_frames, self.temporal_patch)  # a single frame is padded to one temporal patch
         return vp.smart_resize_video(t, height, width, self.temporal_patch, self.patch * self.merge, lo, hi)
-
-    def video_token_count(self, num_frames: int, height: int, width: int) -> int:
-        h, w = self._resized(num_frames, height, width)
-        gt = -(-num_frames // self.temporal_patch)
-        return gt * (h // self.patch) * (w // self.patch) // self.merge**2
-
-    def preprocess_video(self, frames, timestamps) -> VideoInputs:
-        x, ts = vp.check_frames(frames, timestamps)  # (T, 3, H, W) uint8
-        spg = vp.second_per_grid(ts, self.temporal_patch)
-        h, w = self._resized(x.shape[0], x.shape[-2], x.shape[-1])
-        x = vp.normalize(vp.resize_frames(x, h, w), self.image_mean, self.image_std)
-        x, ts = vp.pad_time(x, ts, self.temporal_patch)
-        pv, grid = vp.patchify(x, self.patch, self.merge, self.temporal_patch)
-        n = grid[0] * grid[1] * grid[2] // self.merge**2
-        return VideoInputs(pv, torch.tensor(grid), np.asarray(ts), spg, n)
 
     def _video_items(self, v: VideoInputs) -> list:
         per_step = int(v.grid_thw[1] * v.grid_thw[2]) // self.merge**2
