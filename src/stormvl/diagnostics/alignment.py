@@ -66,7 +66,7 @@ def _cos_per_step(pred: torch.Tensor, targets: torch.Tensor) -> list[float]:
     return F.cosine_similarity(pred, targets, dim=-1).mean(0).tolist()
 
 
-def alignment_report(ckpts, samples, root: Path, final_latents: torch.Tensor, preset,
+def alignment_report(final, ckpts, samples, root: Path, final_latents: torch.Tensor, preset,
                      figure: Path | None = None, n_curve: int = 32) -> dict:
     """Cosine per step through both stages, retrieval and (optionally) the picture."""
     from stormvl import evaluate
@@ -75,8 +75,7 @@ def alignment_report(ckpts, samples, root: Path, final_latents: torch.Tensor, pr
 
     stage1_ckpts = [p for _, p in ckpts if p.parent.parent.name == "stage1"]
     cfg1 = _run_config(stage1_ckpts[-1])
-    final = evaluate.load_model(ckpts[-1][1])
-    k = final.k
+    k = final.k  # the final checkpoint's LoadedModel (already loaded by the caller)
     targets, encoder = _targets(samples, root, cfg1, final.backbone, k)
     proj1 = _projector(stage1_ckpts[-1], cfg1, final.backbone.hidden_size)
     if proj1 is None:
@@ -91,7 +90,7 @@ def alignment_report(ckpts, samples, root: Path, final_latents: torch.Tensor, pr
     }
     items = load_benchmark("synth", root)[:n_curve]
     for step, path in ckpts:
-        m = evaluate.load_model(path)
+        m = final if path == ckpts[-1][1] else evaluate.load_model(path)
         proj = _projector(path, cfg1, m.backbone.hidden_size) or proj1
         runner = evaluate.Runner(m, evaluate.EvalSettings(batch_size=preset.eval_batch))
         lat = collect(runner, items, prepare_items(runner, items), preset.eval_batch).latents

@@ -148,7 +148,7 @@ def diagnose(ckpts, test_dir: Path, out_json: Path, preset, stage1: Path | None 
     if labels is not None:
         result["probe"] = metrics.probe_accuracy(base.latents, labels)
     if stage1 is not None:
-        result["alignment"] = alignment_report(ckpts, samples, test_dir, base.latents, preset,
+        result["alignment"] = alignment_report(model, ckpts, samples, test_dir, base.latents, preset,
                                                figure=figure)
     write_json_atomic(out_json, result)
     return result
