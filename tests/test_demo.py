@@ -65,3 +65,17 @@ def test_report_command_rebuilds(demo_dir, tmp_path):
     assert main(["report", str(demo_dir)]) == 0
     assert (demo_dir / "report.md").exists()
     assert main(["report", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("size", [32, 48, 56, 64, 96])
+def test_frame_pixel_bound_never_downscales(family, size):
+    """The demo's pixel bound keeps frames at their rounded size (a bound of size**2 once
+    shrank 48-pixel frames to 28 x 28: one token per frame pair)."""
+    from stormvl.backbones import video_processing as vp
+    from stormvl.demo.pipeline import frame_pixel_bound
+
+    factor = 28 if family == "qwen2_5_vl" else 32
+    h, w = vp.smart_resize_frame(size, size, factor, 16 * 16, frame_pixel_bound(size))
+    want = max(factor, round(size / factor) * factor)
+    assert (h, w) == (want, want)

@@ -75,15 +75,16 @@ def train_config(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
     data = {
         "out_dir": str(out),
         "seed": seed,
-        # from scratch: the tiny tower trains with the model; targets use a fixed encoder
-        "model": {"backbone": preset.backbone, "init_seed": seed, "freeze_vision": False},
+        # from scratch; Stage-I targets always come from a fixed encoder (REFERENCES.md 6)
+        "model": {"backbone": preset.backbone, "init_seed": seed,
+                  "freeze_vision": preset.freeze_vision},
         "method": {"name": method, "k": preset.k, "stage": stage,
                    "stage1_checkpoint": str(stage1) if stage1 else None,
                    "oracle_frames": max(1, preset.frames // 2)},
-        "targets": {"encoder": "random_projection", "frames": preset.frames},
+        "targets": {"encoder": preset.target_encoder, "frames": preset.frames},
         "align": {"weight": preset.align_weight},
         "data": {"train": str(manifest), "split": "train", "num_workers": preset.data_workers},
-        "video": {"num_frames": preset.frames, "max_pixels": preset.size * preset.size,
+        "video": {"num_frames": preset.frames, "max_pixels": frame_pixel_bound(preset.size),
                   "min_pixels": 16 * 16},
         "optim": {"lr": preset.lr, "max_steps": steps, "batch_size": preset.batch_size,
                   "warmup_steps": max(1, steps // 10)},
@@ -91,6 +92,17 @@ def train_config(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
         "log": {"tensorboard": False, "progress": False},
     }
     return from_dict(TrainConfig, data, f"demo preset {preset.name}")
+
+
+def frame_pixel_bound(size: int) -> int:
+    """A per-frame pixel bound that keeps a ``size`` x ``size`` frame at full resolution.
+
+    The smart resize rounds each side to the nearest multiple of the patch factor (28 for
+    Qwen2.5-VL, 32 for Qwen3-VL) and scales the frame *down* when that exceeds the bound;
+    ``size * size`` as the bound turned 48-pixel frames into 28 x 28 (one token per frame
+    pair), which no method could learn from. Rounding can add at most half a factor.
+    """
+    return (size + 16) ** 2
 
 
 def _train_once(cfg, log: Log) -> list[tuple[int, Path]]:

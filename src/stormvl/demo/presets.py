@@ -30,6 +30,11 @@ class Preset:
     batch_size: int = 16
     lr: float = 1e-3
     k: int = 4  # latent steps (latent, storm)
+    # the tiny tower stays at its random init: trained from scratch beside the language
+    # model it collapsed to sample-independent features (no method, oracle included, could
+    # then memorise even 32 clips); frozen, it is a fixed random feature extractor
+    freeze_vision: bool = True
+    target_encoder: str = "random_projection"  # storm targets: random_projection | backbone
     stage1_fraction: float = 0.5  # storm: share of the step budget spent in Stage I
     align_weight: float = 1.0  # storm Stage I lambda
     curve_points: int = 3  # checkpoints per method evaluated on val for the curves

@@ -48,6 +48,7 @@ class ShellGame(Family):
         n_swaps = min(ctx.int("swaps"), (T - reveal - 1) // 2)
         ctx.params["swaps"] = n_swaps
         start, end = int(rng.integers(n)), int(rng.integers(n))
+        end = start if n_swaps == 0 else end  # no swaps: the ball stays put
         swaps = _swaps_to(rng, n, n_swaps, start, end)
         # Timeline: frames [0, reveal) show the ball; each swap then takes ``dur`` >= 2 frames.
         dur = int(np.clip((T - reveal - 1) // max(n_swaps, 1), 2, max(4, -(-T // 8))))
