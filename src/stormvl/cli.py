@@ -132,11 +132,13 @@ def train(
 ) -> None:
     """Train a method (direct, textcot, latent, storm stage 1/2, oracle) from a YAML config."""
     from stormvl.config import load_config
+    from stormvl.distributed import end_process_group
     from stormvl.training.config import TrainConfig
     from stormvl.training.loop import train as run_training
 
     cfg = load_config(TrainConfig, config, overrides or [])
     final = run_training(cfg, resume=resume)
+    end_process_group()
     print(f"done: {final}")
 
 
@@ -235,6 +237,9 @@ def evaluate(
         print(f"warning: {w}", file=sys.stderr)
     result = run_eval(runner, benchmark, items, out, data, rank, world, barrier,
                       progress and rank == 0)
+    from stormvl.distributed import end_process_group
+
+    end_process_group()
     if result is not None:
         print(render_table(result))
         if result["failed"]:
