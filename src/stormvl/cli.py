@@ -218,6 +218,7 @@ def evaluate(
     """Run a trained model over a benchmark; resumable, with cost accounting."""
     import os
 
+    from stormvl.distributed import end_process_group
     from stormvl.evaluate import EvalSettings, Runner, load_model, run_eval
     from stormvl.tasks import load_benchmark
     from stormvl.tasks.score import render_table
@@ -237,8 +238,6 @@ def evaluate(
         print(f"warning: {w}", file=sys.stderr)
     result = run_eval(runner, benchmark, items, out, data, rank, world, barrier,
                       progress and rank == 0)
-    from stormvl.distributed import end_process_group
-
     end_process_group()
     if result is not None:
         print(render_table(result))
