@@ -224,11 +224,12 @@ def write_video(
             stream.width, stream.height = w, h
             if lossless:
                 stream.pix_fmt = "yuv444p"
-                stream.options = {"qp": "0", "preset": "ultrafast"}
+                stream.options = {"qp": "0", "preset": "ultrafast", "threads": "1"}
             else:
                 stream.pix_fmt = "yuv420p"
-                stream.options = {"crf": str(crf), "preset": "veryfast"}
-            # One encoder thread keeps the bitstream identical across machines and runs.
+                stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+            # One encoder thread (x264's own option and the codec context's) keeps the
+            # bitstream identical across machines and runs.
             stream.codec_context.thread_count = 1
             for img in frames:
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
