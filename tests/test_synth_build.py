@@ -112,6 +112,8 @@ def test_families_cli_lists_all(capsys):
         (["--split", "dev"], "--split 'dev'"),
         (["--difficulty", "insane"], "--difficulty 'insane'"),
         (["--workers", "0"], "--workers 0"),
+        (["--intro", "1.5"], "--intro 1.5"),
+        (["--option-order", "sorted"], "--option-order 'sorted'"),
     ],
 )
 def test_bad_arguments_exit_2_and_write_nothing(tmp_path, capsys, extra, needle):

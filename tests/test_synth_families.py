@@ -21,7 +21,7 @@ def test_registry_has_the_issue_families():
     assert need <= set(FAMILIES)
     for fam in FAMILIES.values():
         assert fam.description and "\n" not in fam.description and fam.probe
-        assert set(fam.levels) == {"easy", "medium", "hard", "ood"}
+        assert {"easy", "medium", "hard", "ood"} <= set(fam.levels) <= {"easy", "medium", "hard", "ood", "intro"}
 
 
 @pytest.mark.parametrize("family", FAMS)
@@ -88,8 +88,9 @@ def test_ood_ranges_disjoint(family):
     ood = fam.levels["ood"]
     assert ood, "every family holds out at least one knob range"
     for knob, (lo, hi) in ood.items():
-        seen_lo = min(fam.levels[lv][knob][0] for lv in LEVELS)
-        seen_hi = max(fam.levels[lv][knob][1] for lv in LEVELS)
+        seen = [lv for lv in fam.levels if lv != "ood"]  # intro included
+        seen_lo = min(fam.levels[lv][knob][0] for lv in seen)
+        seen_hi = max(fam.levels[lv][knob][1] for lv in seen)
         assert hi < seen_lo or lo > seen_hi, (knob, (lo, hi), (seen_lo, seen_hi))
     for i in range(6):
         for split in ("train", "ood"):
@@ -142,3 +143,53 @@ def test_last_probe_matches_the_answer(family):
             assert right == COLOR_NAMES[last]
         else:
             assert right == f"{QUADS[last]} it"
+
+
+def test_intro_share_draws_the_foothold_level():
+    """shell_game's intro level has no swap, so the ball ends where it was shown; families
+    without an intro level fall back to easy; the share is honoured and 0 changes nothing."""
+    n = 400
+    levels = [generate("shell_game", i, split="train", difficulty="hard", frames=8, size=32,
+                       intro=0.25).meta["synth"] for i in range(n)]
+    intro = [m for m in levels if m["level"] == "intro"]
+    assert 0.18 < len(intro) / n < 0.32
+    assert all(m["params"]["swaps"] == 0 for m in intro)
+    assert all(m["level"] == "hard" for m in levels if m["level"] != "intro")
+    it = generate("shell_game", next(i for i, m in enumerate(levels) if m["level"] == "intro"),
+                  split="train", difficulty="hard", frames=8, size=32, intro=0.25)
+    assert it.state[0]["probe"] == it.state[-1]["probe"]
+    assert {generate("speed", i, difficulty="hard", intro=1.0, frames=8, size=32).meta["synth"]["level"]
+            for i in range(4)} == {"easy"}
+    plain = generate("shell_game", 7, difficulty="mixed", frames=8, size=32)
+    same = generate("shell_game", 7, difficulty="mixed", frames=8, size=32, intro=0.0)
+    assert plain.options == same.options and (plain.video == same.video).all()
+
+
+@pytest.mark.parametrize("family", FAMS)
+def test_canonical_order_keeps_the_item_and_orders_its_options(family):
+    from stormvl.synth.families.shell_game import slot_name
+
+    for i in range(6):
+        a = generate(family, i, difficulty="mixed", frames=8, size=32)
+        b = generate(family, i, difficulty="mixed", frames=8, size=32, option_order="canonical")
+        assert (a.video == b.video).all() and sorted(a.options) == sorted(b.options)
+        assert a.options[LETTERS.index(a.answer)] == b.options[LETTERS.index(b.answer)]
+        if family == "shell_game":  # cups left to right: a letter names a position
+            slots = [next(k for k in range(6) if slot_name(k) == t) for t in b.options]
+            assert slots == sorted(slots)
+        else:
+            assert b.options == sorted(b.options)
+        assert regenerate_options(b) == b.options
+
+
+def regenerate_options(item):
+    s = Sample(id="x", video="v.mp4", question=item.question, options=item.options,
+               answer=item.answer, meta=json.loads(json.dumps(item.meta)))
+    return regenerate(s).options
+
+
+def test_bad_intro_and_option_order():
+    with pytest.raises(UserError, match="--intro"):
+        generate("shell_game", 0, intro=-0.1)
+    with pytest.raises(UserError, match="--option-order"):
+        generate("shell_game", 0, option_order="alphabetical")

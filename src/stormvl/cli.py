@@ -47,12 +47,17 @@ def synth(
     seed: int = typer.Option(0, "--seed", help="Suite seed."),
     workers: int = typer.Option(1, "--workers", help="Worker processes."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty DIR."),
+    intro: float = typer.Option(
+        0.0, "--intro", help="Share of items at each family's foothold level (training data)."),
+    option_order: str = typer.Option(
+        "shuffled", "--option-order", help="shuffled (balanced letters) | canonical"),
 ) -> None:
     """Generate the procedural suite: videos, thought videos and a manifest."""
     from stormvl.synth import build_suite
 
     path = build_suite(
-        out, n, families, split, difficulty, frames, size, seed, workers, overwrite, progress=True
+        out, n, families, split, difficulty, frames, size, seed, workers, overwrite,
+        progress=True, intro=intro, option_order=option_order,
     )
     print(f"wrote {path}")
 
@@ -278,7 +283,7 @@ def answer(
 
 @app.command()
 def demo(
-    preset: str = typer.Option("quick", help="quick (smoke run, minutes) | full (5 seeds, evidence) | pilot (one family, longer) | test"),
+    preset: str = typer.Option("quick", help="quick (smoke run, minutes) | full (shell game, 5 seeds: the evidence, hours) | test"),
     seeds: int = typer.Option(None, help="training seeds per method (default: the preset's)"),
     out: Path = typer.Option(Path("runs/demo"), help="output folder (re-run to resume)"),
 ) -> None:

@@ -25,6 +25,12 @@ class Preset:
     n_ood: int = 120  # out-of-distribution questions (held-out parameter ranges)
     frames: int = 8  # frames per video (input and thought video)
     size: int = 48  # square frame size in pixels
+    # share of training clips at each family's foothold level (a shell game with no swap):
+    # from scratch, no method got off chance on the shell game without one (docs/demo.md)
+    intro: float = 0.2
+    # options in each family's natural order (a letter always names the same cup): shuffled
+    # letters were not learned at all in 300 steps where ordered ones took ~250
+    option_order: str = "canonical"
     backbone: str = "tiny:qwen2_5_vl:small"  # trainer backbone string
     steps: int = 150  # optimizer steps per method (storm: both stages together)
     batch_size: int = 16
@@ -55,16 +61,12 @@ PRESETS: dict[str, Preset] = {
         n_ood=8, frames=8, size=32, backbone="tiny:qwen2_5_vl:tiny", steps=4, batch_size=4,
         k=2, curve_points=2, eval_batch=8, diag_n=16, synth_workers=1, data_workers=0,
     ),
+    # a smoke run of every family: far too short to learn (see docs/demo.md)
     "quick": Preset(name="quick", steps=120, n_val=64, curve_points=2),
-    # sized for the 90-minute budget on 2 cores: 25 runs of 600 steps of 16 questions
+    # the evidence run: one family at the budget where methods first separated (1,500 steps of
+    # 32 questions, docs/demo.md), 5 seeds for paired gains; ~7 h on 2 cores, see the docs
     "full": Preset(
-        name="full", n_train=6000, n_val=96, n_test=600, n_ood=300, steps=600,
-        curve_points=3, diag_n=240, seeds=5,
-    ),
-    # the REFERENCES.md section 6 pilot's task (shell game, 10 frames of 56x56) at a budget
-    # a 2-core machine finishes in about half an hour: one family, longer training
-    "pilot": Preset(
-        name="pilot", families=("shell_game",), n_train=4000, n_val=64, n_test=400, n_ood=200,
-        frames=10, size=56, steps=1000, curve_points=4, diag_n=200,
+        name="full", families=("shell_game",), n_train=4000, n_val=96, n_test=400, n_ood=200,
+        steps=1500, batch_size=32, curve_points=3, diag_n=200, seeds=5,
     ),
 }

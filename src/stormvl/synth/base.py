@@ -24,6 +24,10 @@ from stormvl.data.manifest import LETTERS
 SPLITS = ("train", "val", "test", "ood")
 LEVELS = ("easy", "medium", "hard")
 DIFFICULTIES = (*LEVELS, "mixed")
+# "intro": a family's foothold level (e.g. a shell game with no swap), drawn for a share of
+# the items only when asked (``Spec.intro``); families without one fall back to "easy"
+INTRO = "intro"
+OPTION_ORDERS = ("shuffled", "canonical")
 NUM_OPTIONS = 4
 GENERATOR_VERSION = 1
 
@@ -43,6 +47,8 @@ class Spec:
     difficulty: str
     frames: int
     size: int
+    intro: float = 0.0  # share of items drawn at the family's intro level
+    option_order: str = "shuffled"  # shuffled: balanced letters; canonical: the family's order
 
     def rng(self, tag: str = "sample", *extra: int) -> np.random.Generator:
         key = [self.seed, _h(self.split), _h(self.family), _h(tag), *extra]
@@ -83,6 +89,9 @@ class Episode:
     distractors: list[str]  # at least NUM_OPTIONS - 1 texts, all different from ``correct``
     rationale: str
     state: list[dict]
+    # every possible answer text in the family's natural order (e.g. cups left to right), for
+    # ``option_order="canonical"``; None sorts the options by text
+    universe: list[str] | None = None
 
 
 @dataclass
@@ -131,9 +140,9 @@ class Ctx:
 class Family:
     """Base class of a task family; subclasses set the class attributes and ``make``.
 
-    ``levels`` maps easy/medium/hard/ood to knob ranges (inclusive ints or float intervals).
-    Knobs listed under ``ood`` replace the level's range on the ood split, and those ranges
-    never overlap any easy/medium/hard range (checked by the tests).
+    ``levels`` maps easy/medium/hard/ood (and optionally intro) to knob ranges (inclusive
+    ints or float intervals). Knobs listed under ``ood`` replace the level's range on the ood
+    split, and those ranges never overlap any easy/medium/hard range (checked by the tests).
     """
 
     name: str = ""
@@ -151,19 +160,42 @@ class Family:
         raise NotImplementedError
 
 
-def assemble(fam: Family, spec: Spec) -> SynthItem:
-    """Run one family for one spec and place the answer at its balanced letter."""
-    level = spec.difficulty
-    if level == "mixed":
-        level = LEVELS[spec.balanced(len(LEVELS), "level")]
-    ctx = Ctx(spec, level, fam.knobs(level, spec.split), spec.rng("sample", spec.index))
-    ep = fam.make(ctx)
-    letter = spec.balanced(NUM_OPTIONS, "letter")
+def resolve_level(fam: Family, spec: Spec) -> str:
+    """The level of one item: the intro share first, then ``mixed`` spread evenly."""
+    if spec.intro > 0 and spec.rng("intro", spec.index).random() < spec.intro:
+        return INTRO if INTRO in fam.levels else "easy"
+    if spec.difficulty == "mixed":
+        return LEVELS[spec.balanced(len(LEVELS), "level")]
+    return spec.difficulty
+
+
+def place_options(ep: Episode, spec: Spec, rng: np.random.Generator) -> tuple[list[str], int]:
+    """The NUM_OPTIONS option texts and the index of the correct one.
+
+    Shuffled (default): the correct text goes to a letter from the balanced schedule, so
+    letters cannot correlate with pixels. Canonical: the chosen texts in the family's natural
+    order, so a letter always means the same thing (a cup position, say) - easier to learn
+    from scratch, at the price of letters that follow the answer distribution.
+    """
     distract = list(ep.distractors)
     assert ep.correct not in distract and len(set(distract)) == len(distract)
-    order = ctx.rng.permutation(len(distract))[: NUM_OPTIONS - 1]
+    order = rng.permutation(len(distract))[: NUM_OPTIONS - 1]
     options = [distract[int(i)] for i in order]
+    if spec.option_order == "canonical":
+        rank = {t: i for i, t in enumerate(ep.universe or [])}
+        options = sorted([ep.correct, *options], key=lambda t: (rank.get(t, len(rank)), t))
+        return options, options.index(ep.correct)
+    letter = spec.balanced(NUM_OPTIONS, "letter")
     options.insert(letter, ep.correct)
+    return options, letter
+
+
+def assemble(fam: Family, spec: Spec) -> SynthItem:
+    """Run one family for one spec and place its options."""
+    level = resolve_level(fam, spec)
+    ctx = Ctx(spec, level, fam.knobs(level, spec.split), spec.rng("sample", spec.index))
+    ep = fam.make(ctx)
+    options, letter = place_options(ep, spec, ctx.rng)
     assert len(ep.state) == spec.frames and all("probe" in s for s in ep.state)
     assert ep.video.shape == ep.thought.shape == (spec.frames, spec.size, spec.size, 3)
     meta = {

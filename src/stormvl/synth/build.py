@@ -53,6 +53,8 @@ class SuiteArgs:
     frames: int
     size: int
     seed: int
+    intro: float = 0.0
+    option_order: str = "shuffled"
     fps: float = FPS
     version: int = GENERATOR_VERSION
 
@@ -96,7 +98,8 @@ def _check_writable(out: Path) -> None:
         raise UserError(f"--out {out}: {probe} is not a writable directory")
 
 
-def validate(out_dir, n, families, split, difficulty, frames, size, seed, workers) -> SuiteArgs:
+def validate(out_dir, n, families, split, difficulty, frames, size, seed, workers,
+             intro=0.0, option_order="shuffled") -> SuiteArgs:
     """Check every argument before anything is written; one UserError listing the problems."""
     problems = []
     try:
@@ -110,11 +113,11 @@ def validate(out_dir, n, families, split, difficulty, frames, size, seed, worker
         problems.append(f"--workers {workers} must be >= 1")
     if seed < 0:
         problems.append(f"--seed {seed} must be >= 0")
-    problems += [p for p in check_args(fams[0], split, difficulty, frames, size)]
+    problems += check_args(fams[0], split, difficulty, frames, size, intro, option_order)
     if problems:
         raise UserError("; ".join(problems))
     _check_writable(Path(out_dir))
-    return SuiteArgs(n, fams, split, difficulty, frames, size, seed)
+    return SuiteArgs(n, fams, split, difficulty, frames, size, seed, float(intro), option_order)
 
 
 def _prepare_dir(out: Path, args: SuiteArgs, overwrite: bool) -> None:
@@ -153,7 +156,8 @@ def _write_json(path: Path, obj) -> None:
 
 def make_row(out: str, args: SuiteArgs, family: str, index: int) -> dict:
     """Generate one item, write both videos (atomically) and return its manifest row."""
-    item = generate(family, index, args.seed, args.split, args.difficulty, args.frames, args.size)
+    item = generate(family, index, args.seed, args.split, args.difficulty, args.frames, args.size,
+                    args.intro, args.option_order)
     sid = item_id(family, args.split, index)
     video, thought = f"videos/{sid}.mp4", f"thoughts/{sid}.mp4"
     write_video(Path(out) / video, item.video, fps=args.fps, lossless=True)
@@ -204,8 +208,12 @@ def build_suite(
     workers: int = 1,
     overwrite: bool = False,
     progress: bool = True,
+    intro: float = 0.0,
+    option_order: str = "shuffled",
 ) -> Path:
     """Generate ``n`` items in total (spread evenly over ``families``) into ``out_dir``.
+
+    ``intro`` / ``option_order``: see ``synth.generate`` (both default to the plain suite).
 
     Returns:
         path of the manifest.
@@ -214,7 +222,8 @@ def build_suite(
         UserError: a bad argument (nothing is written), or a non-empty ``out_dir`` made with
             other arguments and no ``overwrite``.
     """
-    args = validate(out_dir, n, families, split, difficulty, frames, size, seed, workers)
+    args = validate(out_dir, n, families, split, difficulty, frames, size, seed, workers,
+                    intro, option_order)
     out = Path(out_dir)
     _prepare_dir(out, args, overwrite)
     plan = args.plan()

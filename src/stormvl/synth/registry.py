@@ -9,6 +9,7 @@ from stormvl.errors import UserError
 from stormvl.synth.base import (
     DIFFICULTIES,
     GENERATOR_VERSION,
+    OPTION_ORDERS,
     SPLITS,
     Family,
     Spec,
@@ -51,9 +52,14 @@ FAMILIES: OrderedDict[str, Family] = OrderedDict(
 )
 
 
-def check_args(family: str, split: str, difficulty: str, frames: int, size: int) -> list[str]:
+def check_args(family: str, split: str, difficulty: str, frames: int, size: int,
+               intro: float = 0.0, option_order: str = "shuffled") -> list[str]:
     """Every problem with generation arguments, as one-line messages (empty = fine)."""
     problems = []
+    if not 0.0 <= intro <= 1.0:
+        problems.append(f"--intro {intro} must be a share in [0, 1]")
+    if option_order not in OPTION_ORDERS:
+        problems.append(f"--option-order {option_order!r} must be one of {', '.join(OPTION_ORDERS)}")
     if family not in FAMILIES:
         problems.append(f"unknown family {family!r} (known: {', '.join(FAMILIES)})")
     if split not in SPLITS:
@@ -75,8 +81,14 @@ def generate(
     difficulty: str = "easy",
     frames: int = 16,
     size: int = 64,
+    intro: float = 0.0,
+    option_order: str = "shuffled",
 ) -> SynthItem:
     """Generate sample ``index`` of ``family``: pure and deterministic, no IO.
+
+    ``intro`` is the share of items drawn at the family's foothold level (training data that
+    a model learning from scratch can get off chance on); ``option_order="canonical"`` lists
+    the options in the family's natural order instead of at balanced random letters.
 
     Returns:
         SynthItem with video / thought (T, size, size, 3) uint8, question, 4 options, the
@@ -86,12 +98,13 @@ def generate(
     Raises:
         UserError: an unknown family / split / difficulty or an impossible canvas.
     """
-    problems = check_args(family, split, difficulty, frames, size)
+    problems = check_args(family, split, difficulty, frames, size, intro, option_order)
     if index < 0:
         problems.append(f"index {index} must be >= 0")
     if problems:
         raise UserError("; ".join(problems))
-    spec = Spec(family, int(index), int(seed), split, difficulty, int(frames), int(size))
+    spec = Spec(family, int(index), int(seed), split, difficulty, int(frames), int(size),
+                float(intro), option_order)
     return assemble(FAMILIES[family], spec)
 
 
@@ -113,4 +126,5 @@ def regenerate(sample: Sample) -> SynthItem:
             f"sample {sample.id!r}: made by synth generator version {args['version']}, this is "
             f"version {GENERATOR_VERSION}; its pixels cannot be reproduced exactly"
         )
-    return generate(**{k: args[k] for k in keys})
+    optional = ("intro", "option_order")  # absent from rows written before they existed
+    return generate(**{k: args[k] for k in keys + optional if k in args})

@@ -35,6 +35,7 @@ class ShellGame(Family):
     description = "Track a ball hidden under identical cups through pairwise swaps."
     probe = "slot (0 = leftmost) of the cup that holds the ball"
     levels = {
+        "intro": {"cups": (4, 4), "swaps": (0, 0)},  # the foothold: the ball stays put
         "easy": {"cups": (4, 4), "swaps": (1, 2)},
         "medium": {"cups": (4, 5), "swaps": (2, 4)},
         "hard": {"cups": (5, 5), "swaps": (4, 6)},
@@ -108,4 +109,5 @@ class ShellGame(Family):
             distractors=[slot_name(k) for k in range(n) if k != end],
             rationale=" ".join(words),
             state=state,
+            universe=[slot_name(k) for k in range(n)],
         )
