@@ -56,6 +56,30 @@ def test_rerun_resumes_without_retraining(demo_dir, capsys):
     assert {p: p.stat().st_mtime for p in ckpts} == before
 
 
+def test_parallel_is_a_speed_setting_a_folder_resumes_with(demo_dir):
+    ckpts = sorted(demo_dir.glob("runs/*/seed0/**/checkpoints/step-*/trainer_state.pt"))
+    before = {p: p.stat().st_mtime for p in ckpts}
+    assert main(["demo", "--preset", "test", "--parallel", "2", "--out", str(demo_dir)]) == 0
+    assert {p: p.stat().st_mtime for p in ckpts} == before
+    assert main(["demo", "--preset", "test", "--parallel", "0", "--out", str(demo_dir)]) == 2
+
+
+def test_parallel_training_writes_the_serial_layout(demo_dir, tmp_path):
+    """Two runs trained side by side in spawned processes end where serial runs end."""
+    from dataclasses import replace
+
+    from stormvl.demo.pipeline import train_all
+    from stormvl.demo.presets import PRESETS
+
+    preset = replace(PRESETS["test"], methods=("direct", "storm"), steps=2, parallel=2)
+    runs = train_all(preset, demo_dir / "data" / "train" / "manifest.jsonl", tmp_path, print)
+    assert set(runs) == {("direct", 0), ("storm", 0)}
+    for (method, _), ckpts in runs.items():
+        assert ckpts[-1][0] == 2 and (ckpts[-1][1] / "trainer_state.pt").is_file()
+        assert ckpts[-1][1].is_relative_to(tmp_path / method / "seed0")
+    assert [s for s, _ in runs["storm", 0]] == [1, 2]  # Stage I step 1, Stage II step 1 -> 2
+
+
 def test_other_preset_in_same_folder_is_refused(demo_dir):
     assert main(["demo", "--preset", "test", "--seeds", "2", "--out", str(demo_dir)]) == 2
 

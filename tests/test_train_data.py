@@ -210,6 +210,29 @@ def test_dataset_skips_bad_media_with_reason(tmp_path):
     assert isinstance(ds[0], Item) and isinstance(ds[1], Skipped)
 
 
+def test_cache_decoded_decodes_each_clip_once(tmp_path, monkeypatch):
+    import stormvl.training.data as data_mod
+
+    _video(tmp_path / "ok.mp4", n=8, h=64, w=48)
+    rows = [Sample("a", "ok.mp4", "q", ["x", "y"], "A"), Sample("b", "missing.mp4", "q", ["x", "y"], "A")]
+    write_manifest(tmp_path / "m.jsonl", rows)
+    samples, root, _ = load_samples(DataConfig(train=str(tmp_path / "m.jsonl"), split=None))
+    vc = VideoConfig(num_frames=4, max_visual_tokens=16, min_pixels=28 * 28, max_pixels=56 * 56)
+    calls = []
+    real = data_mod.read_clip
+    monkeypatch.setattr(data_mod, "read_clip", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    plain = VideoQADataset(samples, root, vc, lambda t, h, w, px: (t // 2) * 2, 2)
+    kept = VideoQADataset(samples, root, vc, lambda t, h, w, px: (t // 2) * 2, 2, keep_decoded=True)
+    first = kept[0].features
+    for _ in range(3):
+        again = kept[0].features
+        assert isinstance(kept[1], Skipped)  # a failure is not remembered as a clip
+    assert len(calls) == 1 and again is first
+    ref = plain[0].features
+    assert (ref.frames == first.frames).all() and (ref.timestamps == first.timestamps).all()
+    assert len(calls) == 2 and set(kept.decoded) == {0}
+
+
 def test_every_shipped_train_config_loads():
     from stormvl.config import load_config
     from stormvl.training.config import TrainConfig

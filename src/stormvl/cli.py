@@ -6,6 +6,7 @@ becomes ``error: <message>`` on stderr and exit code 2.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -286,6 +287,8 @@ def demo(
     preset: str = typer.Option("quick", help="quick (smoke run, minutes) | full (shell game, 5 seeds: the evidence, hours) | test"),
     seeds: int = typer.Option(None, help="training seeds per method (default: the preset's)"),
     out: Path = typer.Option(Path("runs/demo"), help="output folder (re-run to resume)"),
+    parallel: int = typer.Option(
+        None, help="training runs at once, the cores split between them (default: the preset's)"),
 ) -> None:
     """The whole method end to end on the built-in suite, with a report."""
     from stormvl.demo.pipeline import run_demo
@@ -296,7 +299,11 @@ def demo(
         raise UserError(f"--preset {preset!r}: choose from {', '.join(PRESETS)}")
     if seeds is not None and seeds < 1:
         raise UserError("--seeds must be >= 1")
-    results = run_demo(PRESETS[preset].with_seeds(seeds), out, log=lambda m: print(m, flush=True))
+    if parallel is not None and parallel < 1:
+        raise UserError("--parallel must be >= 1")
+    chosen = PRESETS[preset].with_seeds(seeds)
+    chosen = chosen if parallel is None else dataclasses.replace(chosen, parallel=parallel)
+    results = run_demo(chosen, out, log=lambda m: print(m, flush=True))
     print(headline(results))
     print(f"report: {out / 'report.md'}  page: {out / 'index.html'}")
 

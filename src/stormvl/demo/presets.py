@@ -49,6 +49,7 @@ class Preset:
     seeds: int = 1
     synth_workers: int = 2
     data_workers: int = 1  # DataLoader decode workers (overlap video decoding with compute)
+    parallel: int = 1  # training runs at once (processes; the cores are split between them)
     methods: tuple[str, ...] = field(default=METHODS)
 
     def with_seeds(self, seeds: int | None) -> Preset:
@@ -62,11 +63,11 @@ PRESETS: dict[str, Preset] = {
         k=2, curve_points=2, eval_batch=8, diag_n=16, synth_workers=1, data_workers=0,
     ),
     # a smoke run of every family: far too short to learn (see docs/demo.md)
-    "quick": Preset(name="quick", steps=120, n_val=64, curve_points=2),
+    "quick": Preset(name="quick", steps=120, n_val=64, curve_points=2, parallel=2),
     # the evidence run: one family at the budget where methods first separated (1,500 steps of
     # 32 questions, docs/demo.md), 5 seeds for paired gains; ~7 h on 2 cores, see the docs
     "full": Preset(
         name="full", families=("shell_game",), n_train=4000, n_val=96, n_test=400, n_ood=200,
-        steps=1500, batch_size=32, curve_points=3, diag_n=200, seeds=5,
+        steps=1500, batch_size=32, curve_points=3, diag_n=200, seeds=5, parallel=2,
     ),
 }

@@ -176,6 +176,10 @@ class DataConfig:
     split: str | None = "train"  # keep rows with this split (None = all rows)
     limit: int | None = None  # use only the first N samples
     num_workers: int = 0  # DataLoader decode workers
+    # keep decoded clips in memory (in each loader worker), so epochs after the first decode
+    # nothing: for small datasets trained for many epochs (the demo's suite: decoding was
+    # half of the CPU time). Costs frames x height x width x 3 bytes per clip.
+    cache_decoded: bool = False
     max_bad_fraction: float = 0.05  # stop when more than this fraction of videos fail
     # difficulty mixing: sampling weight per difficulty level (empty = natural frequencies)
     difficulty_weights: dict = field(default_factory=dict)

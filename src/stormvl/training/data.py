@@ -126,6 +126,8 @@ class VideoQADataset(Dataset):
         target_parts: sample id -> cache parts of its targets (storm stage 1).
         cache: where targets live.
         oracle_frames: >0 appends that many thought-video frames (the oracle method).
+        keep_decoded: remember each decoded clip (``data.cache_decoded``); failures are not
+            remembered, so a file fixed on disk is read again.
     """
 
     def __init__(
@@ -139,11 +141,13 @@ class VideoQADataset(Dataset):
         target_parts: dict[str, dict[str, str]] | None = None,
         cache: TargetCache | None = None,
         oracle_frames: int = 0,
+        keep_decoded: bool = False,
     ):
         self.samples, self.root, self.video = samples, Path(media_root), video
         self.count, self.temporal_patch = count, temporal_patch
         self.prepare, self.target_parts, self.cache = prepare, target_parts or {}, cache
         self.oracle_frames = oracle_frames
+        self.decoded: dict[int, Loaded] | None = {} if keep_decoded else None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -179,10 +183,14 @@ class VideoQADataset(Dataset):
 
     def __getitem__(self, i: int) -> Item | Skipped:
         s = self.samples[i]
-        try:
-            loaded = self.load(i)
-        except UserError as exc:
-            return Skipped(i, s.video, str(exc))
+        loaded = self.decoded.get(i) if self.decoded is not None else None
+        if loaded is None:
+            try:
+                loaded = self.load(i)
+            except UserError as exc:
+                return Skipped(i, s.video, str(exc))
+            if self.decoded is not None:
+                self.decoded[i] = loaded
         target = None
         parts = self.target_parts.get(s.id)
         if parts is not None and self.cache is not None:
