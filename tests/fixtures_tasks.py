@@ -209,7 +209,10 @@ def write_synth(root: Path, videos: bool = True) -> Path:
     ]
     samples = [Sample(id=i, video=f"videos/{i}.mp4", question=f"Where is the ball ({i})?",
                       options=["cup 1", "cup 2", "cup 3", "cup 4"], answer=a, family=f,
-                      split=s, difficulty=d) for i, f, s, d, a in specs]
+                      split=s, difficulty=d,
+                      meta={"synth": {"params": {"swaps": int(d == "hard") * 2 + 1}}}
+                      if f == "shell_game" else None)
+               for i, f, s, d, a in specs]
     write_manifest(root / "manifest.jsonl", samples)
     if videos:
         src = tiny_video(root / "videos" / "s0.mp4")

@@ -23,6 +23,10 @@ def test_outputs_exist_and_parse(demo_dir):
         for m in res["methods"]:
             e = res["overall"][split][m]
             assert 0 <= e["lo"] <= e["mean"] <= e["hi"] <= 100 and e["n"] > 0
+    chains = set(res["by_chain"]["test"]["storm"])
+    assert chains and all(g.split(":")[0] in ("shell_game", "event_order") for g in chains), chains
+    assert all(res["by_chain"]["test"]["storm"][g]["n"] > 0 for g in chains)
+    assert "By chain length (test" in (demo_dir / "report.md").read_text()
     assert set(res["diagnostics"]) == {"latent", "storm"}
     storm = res["diagnostics"]["storm"]["0"]
     assert {"swap", "zero", "noise"} <= set(storm["interventions"])

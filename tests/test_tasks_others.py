@@ -172,12 +172,15 @@ def test_synth_items_and_numbers(syn, tmp_path):
     items = load_benchmark("synth", syn)
     assert items[0].prompt == ("Where is the ball (s0)?\nA. cup 1\nB. cup 2\nC. cup 3\nD. cup 4\n"
                                "Answer with the option's letter from the given choices directly.")
-    assert items[0].categories == {"family": "shell_game", "difficulty": "easy", "split": "test"}
+    assert items[0].categories == {"family": "shell_game", "difficulty": "easy",
+                                   "chain": "shell_game: swaps 1", "split": "test"}
+    assert items[2].categories["chain"] == "-"  # no meta: not a generated item
     r = _score("synth", syn, [("s0", "A"), ("s1", "B. cup 2"), ("s2", "D")], tmp_path)
     assert (r["overall"], r["missing"]) == (50.0, 1)
     acc = {k: {g: v["accuracy"] for g, v in b.items()} for k, b in r["breakdowns"].items()}
     assert acc == {"family": {"event_order": 0.0, "shell_game": 100.0},
                    "difficulty": {"easy": 50.0, "hard": 50.0},
+                   "chain": {"-": 0.0, "shell_game: swaps 1": 100.0, "shell_game: swaps 3": 100.0},
                    "split": {"ood": 0.0, "test": 66.67}}
 
 

@@ -17,21 +17,28 @@ from stormvl.demo.presets import Preset
 from stormvl.report.stats import bootstrap_accuracy, paired_gain
 
 
-def _correct_by(result: dict, key: str | None) -> dict[str, list[bool]]:
-    """Per-question correctness of one scored run, grouped by a category (None = all)."""
+def _correct_by(result: dict, key: str | None,
+                labels: dict[str, str] | None = None) -> dict[str, list[bool]]:
+    """Per-question correctness of one scored run, grouped by a category (None = all) or by
+    ``labels`` (question id -> group)."""
     groups: dict[str, list[bool]] = defaultdict(list)
     for row in result["items"]:
         if row["correct"] is None:
             continue
-        groups["all" if key is None else str(row.get(key, "-"))].append(bool(row["correct"]))
+        if labels is not None:
+            group = labels.get(str(row["id"]), "-")
+        else:
+            group = "all" if key is None else str(row.get(key, "-"))
+        groups[group].append(bool(row["correct"]))
     return groups
 
 
-def accuracy_table(evals: dict, methods, seeds: int, split: str, key: str | None) -> dict:
+def accuracy_table(evals: dict, methods, seeds: int, split: str, key: str | None,
+                   labels: dict[str, str] | None = None) -> dict:
     """{method: {group: Estimate json}} with a bootstrap over questions and seeds."""
     out = {}
     for m in methods:
-        per_seed = [_correct_by(evals[m, s, split], key) for s in range(seeds)]
+        per_seed = [_correct_by(evals[m, s, split], key, labels) for s in range(seeds)]
         groups = sorted({g for d in per_seed for g in d})
         out[m] = {g: bootstrap_accuracy([d.get(g, []) for d in per_seed]).to_json() for g in groups}
     return out
@@ -74,6 +81,15 @@ def cost_table(evals: dict, methods, seeds: int, thought_video_s: float) -> dict
         row["total_s"] = row["prefill_s"] + row["rollout_s"] + row["decode_s"] + row["thought_video_s"]
         out[m] = row
     return out
+
+
+def chain_labels(data_dir: Path) -> dict[str, str]:
+    """Question id -> chain-length group (``synth.chain_label``), read from the split's
+    manifest so that runs scored before the breakdown existed get it too."""
+    from stormvl.data.manifest import read_manifest
+    from stormvl.synth.registry import chain_label
+
+    return {s.id: chain_label(s) for s in read_manifest(data_dir / "manifest.jsonl")}
 
 
 def thought_video_cost(test_dir: Path, n: int = 8) -> float:
@@ -138,10 +154,15 @@ def assemble_results(preset: Preset, out: Path, evals: dict, curves: dict, diags
     seeds = preset.seeds
     res: dict = {"preset": asdict(preset), "methods": methods, "seeds": seeds}
     res["accuracy"], res["by_difficulty"], res["macro"], res["gains"] = {}, {}, {}, {}
+    res["by_chain"] = {}
     for split in ("test", "ood"):
         table = accuracy_table(evals, methods, seeds, split, "family")
         res["accuracy"][split] = table
         res["by_difficulty"][split] = accuracy_table(evals, methods, seeds, split, "difficulty")
+        chains = chain_labels(out / "data" / split)
+        res["by_chain"][split] = {
+            m: {g: v for g, v in t.items() if g != "-"}
+            for m, t in accuracy_table(evals, methods, seeds, split, None, chains).items()}
         res["overall"] = res.get("overall", {})
         res["overall"][split] = {m: v["all"] for m, v in
                                  accuracy_table(evals, methods, seeds, split, None).items()}

@@ -41,6 +41,13 @@ def _acc_section(res: dict, split: str) -> list[str]:
     lines += [f"By difficulty ({split}):", "",
               md_table(["difficulty"] + methods, [[lv] + [_est(diff[m].get(lv)) for m in methods]
                                                     for lv in levels]), ""]
+    chain = res.get("by_chain", {}).get(split, {})
+    groups = sorted({g for m in methods for g in chain.get(m, {})},
+                    key=lambda g: (g.rsplit(" ", 1)[0], int(g.rsplit(" ", 1)[1])))
+    if groups:
+        lines += [f"By chain length ({split}: how many hidden changes there were to follow):", "",
+                  md_table(["family: knob value"] + methods,
+                           [[g] + [_est(chain[m].get(g)) for m in methods] for g in groups]), ""]
     for name, g in res["gains"][split].items():
         lines.append(f"- paired gain {name} ({split}, family mean, per seed): "
                      + ", ".join(_f(v) for v in g["per_seed"]) + f"; mean {_f(g['mean'])}")

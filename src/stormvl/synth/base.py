@@ -149,6 +149,7 @@ class Family:
     description: str = ""
     levels: dict[str, dict[str, tuple]] = {}
     probe: str = ""  # what the per-frame ``probe`` label means
+    chain: str = ""  # integer knob counting the hidden changes to follow (report breakdown)
 
     def knobs(self, level: str, split: str) -> dict[str, tuple]:
         out = dict(self.levels[level])

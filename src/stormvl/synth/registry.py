@@ -108,6 +108,16 @@ def generate(
     return assemble(FAMILIES[family], spec)
 
 
+def chain_label(sample: Sample) -> str:
+    """``"<family>: <knob> <n>"`` for families with a chain knob (the shell game's swaps),
+    else ``"-"``: accuracy by chain length shows where tracking stops."""
+    fam = FAMILIES.get(sample.family or "")
+    params = ((sample.meta or {}).get("synth") or {}).get("params") or {}
+    if fam is None or not fam.chain or fam.chain not in params:
+        return "-"
+    return f"{fam.name}: {fam.chain} {params[fam.chain]}"
+
+
 def regenerate(sample: Sample) -> SynthItem:
     """Rebuild a manifest sample from ``sample.meta["synth"]`` (identical pixels).
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from stormvl.data.manifest import LETTERS, read_manifest, resolve_media
+from stormvl.synth.registry import chain_label
 from stormvl.tasks.base import EvalItem, PromptConfig, require_video
 
 NAME = "synth"
-BREAKDOWNS = ("family", "difficulty", "split")
+BREAKDOWNS = ("family", "difficulty", "chain", "split")
 POST_PROMPT = "Answer with the option's letter from the given choices directly."
 
 
@@ -41,7 +42,8 @@ def load(data: Path, prompt: PromptConfig | None = None, check_media: bool = Tru
             answer=s.answer,
             question=s.question,
             options=list(s.options),
-            categories={k: getattr(s, k) or "-" for k in BREAKDOWNS},
+            categories={"chain": chain_label(s),
+                        **{k: getattr(s, k) or "-" for k in BREAKDOWNS if k != "chain"}},
             start=s.start,
             end=s.end,
             meta=meta,

@@ -30,6 +30,7 @@ class Containment(Family):
     name = "containment"
     description = "Follow a gem through boxes that pour their contents into each other."
     probe = "index (left to right) of the box holding the gem (-1 while it falls)"
+    chain = "transfers"
     levels = {
         "easy": {"boxes": (4, 4), "transfers": (1, 2)},
         "medium": {"boxes": (4, 4), "transfers": (2, 3)},

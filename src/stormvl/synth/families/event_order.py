@@ -35,6 +35,7 @@ class EventOrder(Family):
     name = "event_order"
     description = "Recall the order in which lamps lit up (temporal order of events)."
     probe = "palette index of the lamp that lit most recently (-1 before the first)"
+    chain = "events"
     levels = {
         "easy": {"events": (3, 3), "extra": (0, 0)},
         "medium": {"events": (3, 4), "extra": (0, 1)},

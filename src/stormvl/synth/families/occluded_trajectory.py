@@ -26,6 +26,7 @@ class OccludedTrajectory(Family):
     name = "occluded_trajectory"
     description = "Predict where a ball that rolls behind a wall will come out (hidden motion)."
     probe = "vertical quarter (0 = top) the ball is in, hidden or not"
+    chain = "bounces"
     levels = {
         "easy": {"hidden": (0.35, 0.5), "bounces": (0, 0)},
         "medium": {"hidden": (0.45, 0.6), "bounces": (0, 1)},

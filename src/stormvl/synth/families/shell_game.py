@@ -34,6 +34,7 @@ class ShellGame(Family):
     name = "shell_game"
     description = "Track a ball hidden under identical cups through pairwise swaps."
     probe = "slot (0 = leftmost) of the cup that holds the ball"
+    chain = "swaps"
     levels = {
         "intro": {"cups": (4, 4), "swaps": (0, 0)},  # the foothold: the ball stays put
         "easy": {"cups": (4, 4), "swaps": (1, 2)},
