@@ -37,12 +37,11 @@ from stormvl.config import from_dict, to_dict
 from stormvl.data.manifest import JsonlAppender, read_jsonl_tolerant
 from stormvl.errors import UserError
 from stormvl.io import write_text_atomic
-from stormvl.tasks.base import EvalItem, load_clip
+from stormvl.tasks.base import EvalItem, frame_folder_files, load_clip
 from stormvl.training.config import METHODS, VideoConfig
 
 LATENT_METHODS = ("latent", "storm")
 PLAIN_MAX_VISUAL_TOKENS = 32768  # budget for checkpoints without stormvl.json
-_IMAGE_EXT = (".jpg", ".jpeg", ".png")
 
 
 @dataclass
@@ -231,11 +230,7 @@ def _source(item: EvalItem, timeout_s: float) -> tuple[int, float, int, int]:
         return info.num_frames, info.fps, info.height, info.width
     from PIL import Image
 
-    folder = Path(item.video)
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in _IMAGE_EXT) \
-        if folder.is_dir() else []
-    if not files:
-        raise UserError(f"{folder}: frame folder missing or has no .jpg/.png frames")
+    files = frame_folder_files(item.video)
     with Image.open(files[0]) as im:
         w, h = im.size
     return len(files), item.frames_fps, h, w

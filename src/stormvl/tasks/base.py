@@ -80,15 +80,22 @@ def load_clip(
 _IMAGE_EXT = (".jpg", ".jpeg", ".png")
 
 
+def frame_folder_files(folder: Path) -> list[Path]:
+    """The image files of a frame-folder video, in frame order; an error if there are none."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_EXT) \
+        if folder.is_dir() else []
+    if not files:
+        raise UserError(f"{folder}: frame folder missing or has no .jpg/.png frames")
+    return files
+
+
 def _read_frame_folder(folder: Path, fps: float, num_frames, sample_fps, start, end,
                        max_frames) -> Clip:
     """MVBench's episodic-reasoning media: a folder of frames taken at ``fps``."""
     from PIL import Image
 
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in _IMAGE_EXT) \
-        if Path(folder).is_dir() else []
-    if not files:
-        raise UserError(f"{folder}: frame folder missing or has no .jpg/.png frames")
+    files = frame_folder_files(folder)
     idx = sample_indices(len(files), fps, num_frames, sample_fps, start, end, max_frames)
     frames = np.stack([np.asarray(Image.open(files[i]).convert("RGB")) for i in idx])
     return Clip(frames, idx, idx.astype(np.float64) / fps, fps)
