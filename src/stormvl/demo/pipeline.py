@@ -61,7 +61,7 @@ def make_data(preset: Preset, root: Path, log: Log) -> dict[str, Path]:
         d = root / split
         log(f"[data] {split}: {n} questions")
         build_suite(d, n, families=list(preset.families) or None, split=split,
-                    difficulty="mixed", frames=preset.frames, size=preset.size,
+                    difficulty=preset.difficulty, frames=preset.frames, size=preset.size,
                     seed=1000 + i, workers=preset.synth_workers, progress=False,
                     intro=preset.intro if split == "train" else 0.0,
                     option_order=preset.option_order)
