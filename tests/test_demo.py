@@ -85,7 +85,25 @@ def test_parallel_training_writes_the_serial_layout(demo_dir, tmp_path):
 
 
 def test_other_preset_in_same_folder_is_refused(demo_dir):
-    assert main(["demo", "--preset", "test", "--seeds", "2", "--out", str(demo_dir)]) == 2
+    assert main(["demo", "--preset", "quick", "--out", str(demo_dir)]) == 2
+    assert main(["demo", "--preset", "test", "--methods", "direct,nope", "--out", str(demo_dir)]) == 2
+
+
+def test_a_subset_of_methods_reports_without_retraining(demo_dir, tmp_path, capsys):
+    """Seeds and methods set which runs a folder reports on, not what any run holds."""
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(demo_dir, folder)
+    capsys.readouterr()
+    assert main(["demo", "--preset", "test", "--methods", "storm,direct", "--out", str(folder)]) == 0
+    assert "[train]" not in capsys.readouterr().out
+    res = json.loads((folder / "results.json").read_text())
+    assert res["methods"] == ["direct", "storm"] and set(res["diagnostics"]) == {"storm"}
+    assert set(res["gains"]["test"]) == {"storm-direct"}
+    header = next(line for line in (folder / "report.md").read_text().splitlines()
+                  if line.startswith("| family |"))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["family", "direct", "storm"]
 
 
 def test_report_command_rebuilds(demo_dir, tmp_path):

@@ -286,6 +286,8 @@ def answer(
 def demo(
     preset: str = typer.Option("quick", help="quick (smoke run, minutes) | full (shell game, 5 seeds: the evidence, hours) | test"),
     seeds: int = typer.Option(None, help="training seeds per method (default: the preset's)"),
+    methods: str = typer.Option(
+        None, help="comma-separated subset of direct,textcot,latent,storm,oracle (default: all)"),
     out: Path = typer.Option(Path("runs/demo"), help="output folder (re-run to resume)"),
     parallel: int = typer.Option(
         None, help="training runs at once, the cores split between them (default: the preset's)"),
@@ -301,7 +303,7 @@ def demo(
         raise UserError("--seeds must be >= 1")
     if parallel is not None and parallel < 1:
         raise UserError("--parallel must be >= 1")
-    chosen = PRESETS[preset].with_seeds(seeds)
+    chosen = PRESETS[preset].with_seeds(seeds).with_methods(methods)
     chosen = chosen if parallel is None else dataclasses.replace(chosen, parallel=parallel)
     results = run_demo(chosen, out, log=lambda m: print(m, flush=True))
     print(headline(results))

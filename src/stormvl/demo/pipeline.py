@@ -27,8 +27,10 @@ from stormvl.io import write_json_atomic
 Log = Callable[[str], None]
 
 
-# settings that change how fast a demo runs, never its numbers: a folder may resume with others
+# settings that never change a run's numbers: how fast the demo goes, and how many runs it
+# holds (a folder can be extended with more seeds or methods, or reported on a subset)
 SPEED_ONLY = ("parallel", "synth_workers", "data_workers")
+EXTENT = ("seeds", "methods")
 
 
 def _check_preset(out: Path, preset: Preset) -> None:
@@ -39,12 +41,11 @@ def _check_preset(out: Path, preset: Preset) -> None:
     if record.exists():
         have = json.loads(record.read_text())
         diff = sorted(k for k in set(want) | set(have)
-                      if k not in SPEED_ONLY and have.get(k) != want.get(k))
+                      if k not in SPEED_ONLY + EXTENT and have.get(k) != want.get(k))
         if diff:
             raise UserError(f"{out}: holds a demo with other settings ({', '.join(diff)}); "
                             "use another --out")
-    else:
-        write_json_atomic(record, want)
+    write_json_atomic(record, want)  # the extent and speed of the latest run
 
 
 # --- stage 1: data -----------------------------------------------------------------------

@@ -56,6 +56,19 @@ class Preset:
     def with_seeds(self, seeds: int | None) -> Preset:
         return self if seeds is None else replace(self, seeds=seeds)
 
+    def with_methods(self, methods: str | None) -> Preset:
+        """``"direct,storm"`` -> only those methods (in METHODS order)."""
+        if not methods:
+            return self
+        names = [m.strip() for m in methods.split(",") if m.strip()]
+        unknown = [m for m in names if m not in METHODS]
+        if unknown or not names:
+            from stormvl.errors import UserError
+
+            raise UserError(f"--methods: unknown method {', '.join(map(repr, unknown)) or '(none)'}"
+                            f" (choose from {', '.join(METHODS)})")
+        return replace(self, methods=tuple(m for m in METHODS if m in names))
+
 
 PRESETS: dict[str, Preset] = {
     "test": Preset(
