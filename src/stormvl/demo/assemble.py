@@ -106,6 +106,10 @@ def thought_video_cost(test_dir: Path, n: int = 8) -> float:
 
 
 def _goal(text: str, met: bool | None, value) -> dict:
+    def tidy(v):
+        return round(float(v), 4) if isinstance(v, float | np.floating) else v
+
+    value = [tidy(v) for v in value] if isinstance(value, list) else tidy(value)
     return {"goal": text, "met": met, "value": value}
 
 
@@ -136,15 +140,16 @@ def goals(res: dict, preset: Preset) -> list[dict]:
     if {"storm", "textcot"} <= set(cost):
         r = cost["storm"]["total_s"] / max(1e-9, cost["textcot"]["total_s"])
         out.append(_goal("storm latency <= 0.3 x textcot latency", bool(r <= 0.3), round(r, 3)))
-    for d in diag.get("storm", {}).values():
+    for seed, d in sorted(diag.get("storm", {}).items()):
         sw = d["interventions"]["swap"]["answer_change"]
-        out.append(_goal("storm latents used: swap changes >= 30% of answers", bool(sw >= 0.3), sw))
+        out.append(_goal(f"storm seed {seed} latents used: swap changes >= 30% of answers",
+                         bool(sw >= 0.3), sw))
         if "alignment" in d and "retrieval" in d["alignment"]:
             r = d["alignment"]["retrieval"]
-            out.append(_goal("retrieval top-1 well above chance (>= 3x chance)",
+            out.append(_goal(f"storm seed {seed} retrieval top-1 well above chance (>= 3x chance)",
                              bool(r["mean"] >= 3 * r["chance"]), [r["mean"], r["chance"]]))
-        out.append(_goal("storm latent diversity cosine < 0.9", bool(d["diversity"]["mean"] < 0.9),
-                         d["diversity"]["mean"]))
+        out.append(_goal(f"storm seed {seed} latent diversity cosine < 0.9",
+                         bool(d["diversity"]["mean"] < 0.9), d["diversity"]["mean"]))
     return out
 
 
