@@ -27,7 +27,10 @@ def test_outputs_exist_and_parse(demo_dir):
     assert chains and all(g.split(":")[0] in ("shell_game", "event_order") for g in chains), chains
     assert all(res["by_chain"]["test"]["storm"][g]["n"] > 0 for g in chains)
     assert "By chain length (test" in (demo_dir / "report.md").read_text()
-    assert set(res["diagnostics"]) == {"latent", "storm"}
+    assert set(res["diagnostics"]) == {"latent", "storm", "storm (end of Stage I)"}
+    s1 = res["diagnostics"]["storm (end of Stage I)"]["0"]
+    assert "stage1" in s1["checkpoint"] and "stage2" in res["diagnostics"]["storm"]["0"]["checkpoint"]
+    assert "| storm (end of Stage I) | 0 |" in (demo_dir / "report.md").read_text()
     storm = res["diagnostics"]["storm"]["0"]
     assert {"swap", "zero", "noise"} <= set(storm["interventions"])
     assert len(storm["alignment"]["final_cos_per_step"]) == res["preset"]["k"]
@@ -99,7 +102,8 @@ def test_a_subset_of_methods_reports_without_retraining(demo_dir, tmp_path, caps
     assert main(["demo", "--preset", "test", "--methods", "storm,direct", "--out", str(folder)]) == 0
     assert "[train]" not in capsys.readouterr().out
     res = json.loads((folder / "results.json").read_text())
-    assert res["methods"] == ["direct", "storm"] and set(res["diagnostics"]) == {"storm"}
+    assert res["methods"] == ["direct", "storm"]
+    assert set(res["diagnostics"]) == {"storm", "storm (end of Stage I)"}
     assert set(res["gains"]["test"]) == {"storm-direct"}
     header = next(line for line in (folder / "report.md").read_text().splitlines()
                   if line.startswith("| family |"))

@@ -31,6 +31,7 @@ Log = Callable[[str], None]
 # holds (a folder can be extended with more seeds or methods, or reported on a subset)
 SPEED_ONLY = ("parallel", "synth_workers", "data_workers")
 EXTENT = ("seeds", "methods")
+STAGE1_DIAG = "storm (end of Stage I)"  # diagnostics row of storm's last Stage-I checkpoint
 
 
 def _check_preset(out: Path, preset: Preset) -> None:
@@ -223,6 +224,12 @@ def run_demo(preset: Preset, out: str | Path, log: Log = print) -> dict:
                 ckpts, data["test"], out / "diag" / method / f"seed{seed}.json", preset,
                 stage1=runs[method, seed][0][1].parent.parent if method == "storm" else None,
                 figure=out / f"latents_{method}_seed{seed}.png" if seed == 0 else None)
+        if method == "storm":
+            # the same interventions on the end of Stage I: were the latents used while they
+            # were being aligned, and did answer-only Stage II make the model drop them?
+            stage1 = [(step, p) for step, p in ckpts if "stage1" in p.parts]
+            diags[STAGE1_DIAG, seed] = diagnose(
+                stage1, data["test"], out / "diag" / method / f"seed{seed}_stage1.json", preset)
     results = assemble_results(preset, out, evals, curves, diags)
     write_report(results, out)
     return results

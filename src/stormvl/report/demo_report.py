@@ -86,6 +86,9 @@ def _diag_section(res: dict) -> list[str]:
                          _f(iv["swap"]["accuracy_drop"]), _f(iv["zero"]["accuracy_drop"]),
                          _f(iv["noise"]["accuracy_drop"]), pr, rt])
     lines += [md_table(header, rows), ""]
+    if any("Stage I" in m for m in res["diagnostics"]):
+        lines += ["`storm (end of Stage I)`: the same interventions on storm's last Stage-I "
+                  "checkpoint (latents aligned, before answer-only Stage II).", ""]
     for m, per_seed in res["diagnostics"].items():
         for s, d in per_seed.items():
             al = d.get("alignment")
