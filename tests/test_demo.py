@@ -72,13 +72,15 @@ def test_parallel_is_a_speed_setting_a_folder_resumes_with(demo_dir):
 
 
 def test_parallel_training_writes_the_serial_layout(demo_dir, tmp_path):
-    """Two runs trained side by side in spawned processes end where serial runs end."""
+    """Two runs trained side by side in spawned processes end where serial runs end; each
+    with a decode worker of its own (the quick preset's setting)."""
     from dataclasses import replace
 
     from stormvl.demo.pipeline import train_all
     from stormvl.demo.presets import PRESETS
 
-    preset = replace(PRESETS["test"], methods=("direct", "storm"), steps=2, parallel=2)
+    preset = replace(PRESETS["test"], methods=("direct", "storm"), steps=2, parallel=2,
+                     data_workers=1)
     runs = train_all(preset, demo_dir / "data" / "train" / "manifest.jsonl", tmp_path, print)
     assert set(runs) == {("direct", 0), ("storm", 0)}
     for (method, _), ckpts in runs.items():

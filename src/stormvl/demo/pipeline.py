@@ -143,10 +143,16 @@ def train_method(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
     return first + [(s1 + step, p) for step, p in second]
 
 
-def _limit_threads(threads: int) -> None:
+def _init_worker(threads: int, start_method: str) -> None:
+    """A spawned training process: its share of the cores, and the parent's start method
+    back as the default (spawn would otherwise carry over to the DataLoader's decode
+    workers, which then cannot pickle the dataset's closures)."""
+    import multiprocessing as mp
+
     import torch
 
     torch.set_num_threads(threads)
+    mp.set_start_method(start_method, force=True)
 
 
 def train_all(preset: Preset, manifest: Path, out: Path,
@@ -169,7 +175,8 @@ def train_all(preset: Preset, manifest: Path, out: Path,
     threads = max(1, (os.cpu_count() or 1) // preset.parallel)
     log(f"[train] {len(jobs)} runs, {preset.parallel} at a time, {threads} thread(s) each")
     with ProcessPoolExecutor(preset.parallel, mp_context=mp.get_context("spawn"),
-                             initializer=_limit_threads, initargs=(threads,)) as pool:
+                             initializer=_init_worker,
+                             initargs=(threads, mp.get_start_method())) as pool:
         futures = {job: pool.submit(train_method, preset, *job, manifest, paths[job], print)
                    for job in jobs}
         return {job: f.result() for job, f in futures.items()}
