@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from stormvl.errors import UserError
+
 METHODS = ("direct", "textcot", "latent", "storm", "oracle")
 
 
@@ -25,9 +27,9 @@ class Preset:
     n_ood: int = 120  # out-of-distribution questions (held-out parameter ranges)
     frames: int = 8  # frames per video (input and thought video)
     size: int = 48  # square frame size in pixels
+    difficulty: str = "mixed"  # level of every split (the suite's --difficulty)
     # share of training clips at each family's foothold level (a shell game with no swap):
     # from scratch, no method got off chance on the shell game without one (docs/demo.md)
-    difficulty: str = "mixed"  # level of every split (the suite's --difficulty)
     intro: float = 0.2
     # options in each family's natural order (a letter always names the same cup): shuffled
     # letters were not learned at all in 300 steps where ordered ones took ~250
@@ -63,8 +65,6 @@ class Preset:
         names = [m.strip() for m in methods.split(",") if m.strip()]
         unknown = [m for m in names if m not in METHODS]
         if unknown or not names:
-            from stormvl.errors import UserError
-
             raise UserError(f"--methods: unknown method {', '.join(map(repr, unknown)) or '(none)'}"
                             f" (choose from {', '.join(METHODS)})")
         return replace(self, methods=tuple(m for m in METHODS if m in names))
