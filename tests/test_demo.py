@@ -91,6 +91,7 @@ def test_parallel_training_writes_the_serial_layout(demo_dir, tmp_path):
 
 def test_other_preset_in_same_folder_is_refused(demo_dir):
     assert main(["demo", "--preset", "quick", "--out", str(demo_dir)]) == 2
+    assert main(["demo", "--preset", "test", "--bottleneck", "--out", str(demo_dir)]) == 2
     assert main(["demo", "--preset", "test", "--methods", "direct,nope", "--out", str(demo_dir)]) == 2
 
 
@@ -131,3 +132,15 @@ def test_frame_pixel_bound_never_downscales(family, size):
     h, w = vp.smart_resize_frame(size, size, factor, 16 * 16, frame_pixel_bound(size))
     want = max(factor, round(size / factor) * factor)
     assert (h, w) == (want, want)
+
+
+def test_bottleneck_reaches_the_latent_methods_only(tmp_path):
+    from dataclasses import replace
+
+    from stormvl.demo.pipeline import train_config
+    from stormvl.demo.presets import PRESETS
+
+    preset = replace(PRESETS["test"], bottleneck=True)
+    for method in ("direct", "textcot", "latent", "storm", "oracle"):
+        cfg = train_config(preset, method, 0, tmp_path / "m.jsonl", tmp_path / method, 4)
+        assert cfg.method.bottleneck == (method in ("latent", "storm"))

@@ -234,3 +234,69 @@ def test_transformers_gradient_checkpointing_is_refused():
     finally:
         bb.model.activation_checkpointing_disable()
         bb.model.eval()
+
+
+@pytest.fixture
+def bottleneck(bb):
+    """The same backbone with the latent bottleneck on (restored afterwards)."""
+    bb.bottleneck = True
+    yield bb
+    bb.bottleneck = False
+
+
+def test_bottleneck_mask_hides_the_prompt_from_the_answer_only(bb):
+    batch = _batch(bb, 3)
+    s, k, length = batch.latent_col, batch.k, batch.length
+    keys = batch.attention_mask
+    bb.bottleneck = True
+    try:
+        # slices that end at the last slot need no 4-D mask
+        assert torch.equal(bb.bottleneck_mask(batch, 0, keys[:, : s + k], torch.float32), keys[:, : s + k])
+        m = bb.bottleneck_mask(batch, 0, keys, torch.float32)[:, 0]  # (B, L, L) True = attend
+    finally:
+        bb.bottleneck = False
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    for r in range(3):
+        real = keys[r].bool()
+        want = causal & real[None, :]
+        want[s + k :, : s - 1] = False  # the answer reads the prompt only through the chain
+        rows = real.nonzero().squeeze(1)  # padding queries are free (never read)
+        assert torch.equal(m[r][rows], want[rows])
+        assert m[r][s + k :, s - 1 : s + k].all()  # <|latent_start|> and every slot stay visible
+        vid = (batch.mm_token_type_ids[r] == 2).nonzero().squeeze(1)
+        assert not m[r][s + k :][:, vid].any() and m[r][s - 1][vid].all()
+
+
+def test_bottleneck_cached_equals_naive_and_single_rows(bottleneck):
+    bb = bottleneck
+    batch = _batch(bb, 3)
+    with torch.no_grad():
+        a, b = forward_train(bb, batch), forward_naive(bb, batch)
+        torch.testing.assert_close(a.logits, b.logits, **TOL)
+        torch.testing.assert_close(a.loss, b.loss, **TOL)
+        for r in range(3):
+            one = forward_train(bb, _batch(bb, 3, rows=[r]))
+            torch.testing.assert_close(a.logits[r, : one.logits.shape[1]], one.logits[0], **TOL)
+        bb.model.set_attn_implementation("eager")  # eager attention adds a float mask
+        try:
+            torch.testing.assert_close(forward_train(bb, batch).logits, a.logits, **TOL)
+        finally:
+            bb.model.set_attn_implementation("sdpa")
+        bb.bottleneck = False
+        plain = forward_train(bb, batch)
+        bb.bottleneck = True
+    torch.testing.assert_close(plain.latents, a.latents, **TOL)  # the chain itself is unchanged
+    assert (plain.logits - a.logits).abs().max() > 1e-3  # the answer is not
+
+
+def test_bottleneck_generate_equals_naive_greedy(bottleneck):
+    bb = bottleneck
+    batch = _batch(bb, 3, target=False)
+    eos, bb.eos_ids = bb.eos_ids, set()
+    try:
+        gen = generate(bb, batch, max_new_tokens=5)
+        assert gen.token_ids == _naive_greedy(bb, batch, 5)
+        one = generate(bb, _batch(bb, 3, target=False, rows=[1]), max_new_tokens=5)
+        assert one.token_ids[0] == gen.token_ids[1]
+    finally:
+        bb.eos_ids = eos

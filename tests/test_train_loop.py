@@ -80,6 +80,21 @@ def test_storm_stage2_from_stage1_and_refusals(tmp_path, suite, stage1):
                       method=replace(cfg.method, stage1_checkpoint=str(direct))))
 
 
+def test_bottleneck_is_recorded_checked_and_reloaded(tmp_path, suite, stage1):
+    from stormvl.evaluate import load_model
+    from stormvl.training.config import MethodConfig
+
+    cfg = tiny_config(tmp_path / "b", suite, "latent", max_steps=2)
+    final = train(replace(cfg, method=replace(cfg.method, bottleneck=True)))
+    assert read_meta(final)["bottleneck"] is True
+    assert load_model(final).backbone.bottleneck  # evaluated as it was trained
+    assert not load_model(stage1).backbone.bottleneck
+    s2 = tiny_config(tmp_path / "s2", suite, "storm", stage=2, stage1_checkpoint=str(stage1), max_steps=1)
+    with pytest.raises(UserError, match="bottleneck=False, this run has method.bottleneck=True"):
+        train(replace(s2, method=replace(s2.method, bottleneck=True)))
+    assert "method.bottleneck: only latent and storm" in MethodConfig("direct", bottleneck=True).validate()[0]
+
+
 def test_kill_and_resume_reproduces_the_loss_curve(tmp_path, suite):
     kw = dict(max_steps=6, batch_size=2, grad_accum=2, every=2)
     train(tiny_config(tmp_path / "full", suite, "storm", **kw))

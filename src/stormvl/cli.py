@@ -291,6 +291,8 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), help="output folder (re-run to resume)"),
     parallel: int = typer.Option(
         None, help="training runs at once, the cores split between them (default: the preset's)"),
+    bottleneck: bool = typer.Option(
+        False, help="latent and storm answer only through the latent chain (method.bottleneck)"),
 ) -> None:
     """The whole method end to end on the built-in suite, with a report."""
     from stormvl.demo.pipeline import run_demo
@@ -305,6 +307,7 @@ def demo(
         raise UserError("--parallel must be >= 1")
     chosen = PRESETS[preset].with_seeds(seeds).with_methods(methods)
     chosen = chosen if parallel is None else dataclasses.replace(chosen, parallel=parallel)
+    chosen = dataclasses.replace(chosen, bottleneck=True) if bottleneck else chosen
     results = run_demo(chosen, out, log=lambda m: print(m, flush=True))
     print(headline(results))
     print(f"report: {out / 'report.md'}  page: {out / 'index.html'}")

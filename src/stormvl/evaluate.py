@@ -113,6 +113,7 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto")
         bounds = {k: v for k, v in bb.video.to_dict().items() if v is not None}
         video = VideoConfig(num_frames=16, max_visual_tokens=PLAIN_MAX_VISUAL_TOKENS, **bounds)
     k = int(meta.get("k") or 0) if method in LATENT_METHODS else 0
+    bb.bottleneck = bool(meta.get("bottleneck")) and k > 0  # as it was trained
     return LoadedModel(bb, method, k, video, oracle, str(p.resolve()), meta)
 
 

@@ -276,6 +276,9 @@ class Backbone:
         self.max_latents = max_latents
         # activation checkpointing per language-model call (cache-safe; see _run_checkpointed)
         self.checkpoint_slices = False
+        # latent bottleneck: columns after the K latent slots (the answer) attend only to the
+        # latent chain, so the video and question reach the answer only through the latents
+        self.bottleneck = False
         self.latent_start_id, self.latent_id, self.latent_end_id = add_latent_tokens(model, tokenizer)
         ids = tokenizer.convert_tokens_to_ids
         self.im_start_id, self.im_end_id = ids("<|im_start|>"), ids("<|im_end|>")
@@ -528,11 +531,47 @@ class Backbone:
         mask = b.attention_mask[:, : min(end, b.length)]
         if end > b.length:
             mask = torch.cat([mask, mask.new_ones(b.size, end - b.length)], dim=1)
+        mask = self.bottleneck_mask(b, start, mask, embeds.dtype) if self.bottleneck else mask
         kwargs = dict(position_ids=self.positions(ctx, start, n), attention_mask=mask,
                       use_cache=cache is not None, **self._lm_extra_kwargs(ctx, start, n))
         if cache is not None and training and self.checkpoint_slices:
             return self._run_checkpointed(cache, embeds, kwargs)
         return lm(inputs_embeds=embeds, past_key_values=cache, **kwargs).last_hidden_state
+
+    def bottleneck_mask(self, b: Batch, start: int, keys: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The 4-D mask of a slice whose queries after the latent slots see only the latent chain.
+
+        Columns after the K slots (``<|latent_end|>``, the assistant turn, decoded tokens) may
+        attend to ``<|latent_start|>``, the slots and each other, but not to the video or the
+        question before them: every token of those attends to the video, so hiding the video
+        alone would leave a path around the latents.
+
+        Args:
+            b: the batch (its K and latent column).
+            start: first column of the slice; ``keys.shape[1]`` is its end.
+            keys: (B, end) 1 where a key column is a real token, 0 on padding.
+            dtype: of the activations (eager attention adds a float mask).
+        Returns:
+            ``keys`` unchanged when no query of the slice is past the latents, else a
+            (B, 1, n, end) mask: bool (True = attend) for sdpa, additive float for eager.
+        """
+        end = keys.shape[1]
+        first = b.latent_col + b.k  # first column that reads the prompt through the latents
+        if b.k == 0 or end <= first:
+            return keys
+        dev = keys.device
+        q = torch.arange(start, end, device=dev)[:, None]  # (n, 1)
+        kv = torch.arange(end, device=dev)[None, :]  # (1, end)
+        hidden = (q >= first) & (kv < b.latent_col - 1)  # (n, end): the prompt before the chain
+        allowed = ((kv <= q) & ~hidden)[None] & keys.bool()[:, None, :]  # (B, n, end)
+        # a padding query sees no key at all: let it see everything (its output is never
+        # used, and an all-masked softmax row would be NaN), as transformers' own masks do
+        allowed = allowed | ~allowed.any(-1, keepdim=True)
+        allowed = allowed[:, None]  # (B, 1, n, end)
+        if self.language_model.config._attn_implementation == "eager":
+            return torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill(
+                ~allowed, torch.finfo(dtype).min)
+        return allowed
 
     def _run_checkpointed(self, cache: DynamicCache, embeds: torch.Tensor, kwargs: dict) -> torch.Tensor:
         """One slice under activation checkpointing, cache-safe.

@@ -46,6 +46,7 @@ class Preset:
     target_encoder: str = "random_projection"  # storm targets: random_projection | backbone
     stage1_fraction: float = 0.5  # storm: share of the step budget spent in Stage I
     align_weight: float = 1.0  # storm Stage I lambda
+    bottleneck: bool = False  # latent / storm answer only through the latent chain (--bottleneck)
     curve_points: int = 3  # checkpoints per method evaluated on val for the curves
     eval_batch: int = 16
     diag_n: int = 96  # test questions used by the latent diagnostics

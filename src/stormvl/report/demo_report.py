@@ -152,7 +152,9 @@ def report_markdown(res: dict) -> str:
     lines = [f"# stormvl demo ({p['name']} preset)", "",
              f"Backbone {p['backbone']} trained from scratch on CPU; {res['seeds']} seed(s); "
              f"{p['steps']} optimizer steps per method (storm: {p['stage1_fraction']:.0%} Stage I); "
-             f"K = {p['k']}; {p['frames']} frames of {p['size']}x{p['size']}.", ""]
+             f"K = {p['k']}; {p['frames']} frames of {p['size']}x{p['size']}"
+             + ("; latent and storm answer only through the latent chain (bottleneck)"
+                if p.get("bottleneck") else "") + ".", ""]
     if p["name"] != "full":
         lines += ["This is a smoke-size run: too few steps and seeds to support claims about "
                   "the method. Use `--preset full` for evidence.", ""]

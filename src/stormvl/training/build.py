@@ -69,6 +69,9 @@ def check_stage1(cfg: TrainConfig) -> dict:
                         f"model.backbone={cfg.model.backbone!r}")
     if meta.get("k") != cfg.method.k:
         raise UserError(f"{where}: trained with K={meta.get('k')}, this run has method.k={cfg.method.k}")
+    if bool(meta.get("bottleneck")) != cfg.method.bottleneck:
+        raise UserError(f"{where}: trained with bottleneck={bool(meta.get('bottleneck'))}, this run "
+                        f"has method.bottleneck={cfg.method.bottleneck}")
     return meta
 
 
@@ -123,6 +126,7 @@ def build_model(cfg: TrainConfig, resume_from: Path | None = None) -> Built:
         # per language-model call, cache-safe (HF's own checkpointing drops the latent
         # chain's KV cache; the engine refuses it)
         bb.checkpoint_slices = True
+    bb.bottleneck = cfg.method.bottleneck
     return Built(bb, peft_model)
 
 
@@ -241,6 +245,7 @@ def run_meta(cfg: TrainConfig, step: int) -> dict:
         "method": cfg.method.name,
         "stage": cfg.method.stage if cfg.method.name == "storm" else None,
         "k": cfg.method.num_latents,
+        "bottleneck": cfg.method.bottleneck,
         "base": cfg.model.backbone,
         "lora": cfg.model.lora.enabled,
         "step": step,

@@ -61,6 +61,9 @@ class MethodConfig:
     k: int = 4  # latent steps (latent / storm); ignored (0) for the others
     stage1_checkpoint: str | None = None  # storm stage 2: the stage-1 checkpoint folder
     oracle_frames: int = 4  # oracle: thought-video frames appended to the input video
+    # latent / storm: the answer attends only to the latent chain, not to the video or the
+    # question, so whatever it uses must pass through the K latents (docs/engine.md)
+    bottleneck: bool = False
 
     def validate(self) -> list[str]:
         out = []
@@ -70,6 +73,8 @@ class MethodConfig:
             out.append(f"method.k: {self.name} needs k >= 1, got {self.k}")
         if self.name == "storm" and self.stage == 2 and not self.stage1_checkpoint:
             out.append("method.stage1_checkpoint: storm stage 2 needs the stage-1 checkpoint")
+        if self.bottleneck and self.name not in ("latent", "storm"):
+            out.append(f"method.bottleneck: only latent and storm have latents, not {self.name}")
         if self.name == "oracle" and self.oracle_frames < 1:
             out.append("method.oracle_frames: must be >= 1")
         return out
