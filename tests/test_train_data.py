@@ -231,6 +231,11 @@ def test_cache_decoded_decodes_each_clip_once(tmp_path, monkeypatch):
     ref = plain[0].features
     assert (ref.frames == first.frames).all() and (ref.timestamps == first.timestamps).all()
     assert len(calls) == 2 and set(kept.decoded) == {0}
+    # a byte bound below one clip keeps nothing: every read decodes again
+    small = VideoQADataset(samples, root, vc, lambda t, h, w, px: (t // 2) * 2, 2, keep_decoded=True,
+                           keep_bytes=first.frames.nbytes - 1)
+    small[0], small[0]
+    assert len(calls) == 4 and small.decoded == {} and small.kept_bytes == 0
 
 
 def test_every_shipped_train_config_loads():

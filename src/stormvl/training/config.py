@@ -183,8 +183,11 @@ class DataConfig:
     num_workers: int = 0  # DataLoader decode workers
     # keep decoded clips in memory (in each loader worker), so epochs after the first decode
     # nothing: for small datasets trained for many epochs (the demo's suite: decoding was
-    # half of the CPU time). Costs frames x height x width x 3 bytes per clip.
+    # half of the CPU time). Costs frames x height x width x 3 bytes per clip, up to
+    # cache_decoded_gb per worker; past it, further clips are decoded each time (under random
+    # sampling, keeping the first clips that fit hits as often as an LRU would, without churn)
     cache_decoded: bool = False
+    cache_decoded_gb: float = 4.0
     max_bad_fraction: float = 0.05  # stop when more than this fraction of videos fail
     # difficulty mixing: sampling weight per difficulty level (empty = natural frequencies)
     difficulty_weights: dict = field(default_factory=dict)
@@ -200,6 +203,8 @@ class DataConfig:
             out.append("data.max_bad_fraction: must be in [0, 1]")
         if self.num_workers < 0:
             out.append("data.num_workers: must be >= 0")
+        if self.cache_decoded_gb < 0:
+            out.append("data.cache_decoded_gb: must be >= 0")
         for i, stage in enumerate(self.curriculum):
             if not isinstance(stage, dict) or set(stage) != {"until_step", "weights"}:
                 out.append(f"data.curriculum[{i}]: needs exactly until_step and weights")

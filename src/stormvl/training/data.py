@@ -128,6 +128,7 @@ class VideoQADataset(Dataset):
         oracle_frames: >0 appends that many thought-video frames (the oracle method).
         keep_decoded: remember each decoded clip (``data.cache_decoded``); failures are not
             remembered, so a file fixed on disk is read again.
+        keep_bytes: stop remembering clips once they hold this many bytes.
     """
 
     def __init__(
@@ -142,12 +143,14 @@ class VideoQADataset(Dataset):
         cache: TargetCache | None = None,
         oracle_frames: int = 0,
         keep_decoded: bool = False,
+        keep_bytes: int = 4 << 30,
     ):
         self.samples, self.root, self.video = samples, Path(media_root), video
         self.count, self.temporal_patch = count, temporal_patch
         self.prepare, self.target_parts, self.cache = prepare, target_parts or {}, cache
         self.oracle_frames = oracle_frames
         self.decoded: dict[int, Loaded] | None = {} if keep_decoded else None
+        self.keep_bytes, self.kept_bytes = keep_bytes, 0
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -181,6 +184,15 @@ class VideoQADataset(Dataset):
                 rest[0][0].frames, rest[0][0].timestamps, rest[0][1])
         return out
 
+    def _keep(self, i: int, loaded: Loaded) -> None:
+        """Remember a decoded clip while the cache is under its byte bound."""
+        size = loaded.frames.nbytes
+        if loaded.thought_frames is not None:
+            size += loaded.thought_frames.nbytes
+        if self.kept_bytes + size <= self.keep_bytes:
+            self.decoded[i] = loaded
+            self.kept_bytes += size
+
     def __getitem__(self, i: int) -> Item | Skipped:
         s = self.samples[i]
         loaded = self.decoded.get(i) if self.decoded is not None else None
@@ -190,7 +202,7 @@ class VideoQADataset(Dataset):
             except UserError as exc:
                 return Skipped(i, s.video, str(exc))
             if self.decoded is not None:
-                self.decoded[i] = loaded
+                self._keep(i, loaded)
         target = None
         parts = self.target_parts.get(s.id)
         if parts is not None and self.cache is not None:

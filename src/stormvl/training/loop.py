@@ -297,7 +297,8 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
     dataset = VideoQADataset(samples, root, cfg.video, backbone_counter(bb), bb.temporal_patch,
                              make_prepare(bb, cfg), parts, cache,
                              cfg.method.oracle_frames if cfg.method.name == "oracle" else 0,
-                             keep_decoded=cfg.data.cache_decoded)
+                             keep_decoded=cfg.data.cache_decoded,
+                             keep_bytes=int(cfg.data.cache_decoded_gb * (1 << 30)))
     return Run(cfg, acc, built, module, optimizer, scheduler, state, samples, root, dataset, parts, sharded)
 
 
