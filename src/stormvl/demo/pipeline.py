@@ -186,17 +186,26 @@ def train_all(preset: Preset, manifest: Path, out: Path,
 # --- stage 3: evaluation -----------------------------------------------------------------
 
 
-def evaluate_checkpoint(ckpt_dir: Path, data_dir: Path, out: Path, batch: int) -> dict:
-    """Evaluate one checkpoint on one split of the suite (skipped when already scored)."""
+def evaluate_checkpoint(ckpt_dir: Path, jobs: list[tuple[Path, Path]], batch: int) -> list[dict]:
+    """Evaluate one checkpoint on splits of the suite: ``jobs`` = (data dir, out dir) pairs.
+
+    The model is loaded once, and not at all when every split is already scored.
+    """
     from stormvl import evaluate
     from stormvl.tasks import load_benchmark
 
-    done = out / "results.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    runner = evaluate.Runner(evaluate.load_model(ckpt_dir), evaluate.EvalSettings(batch_size=batch))
-    items = load_benchmark("synth", data_dir)
-    return evaluate.run_eval(runner, "synth", items, out, data=data_dir, progress=False)
+    runner, results = None, []
+    for data_dir, out in jobs:
+        done = out / "results.json"
+        if done.exists():
+            results.append(json.loads(done.read_text()))
+            continue
+        if runner is None:
+            runner = evaluate.Runner(evaluate.load_model(ckpt_dir),
+                                     evaluate.EvalSettings(batch_size=batch))
+        items = load_benchmark("synth", data_dir)
+        results.append(evaluate.run_eval(runner, "synth", items, out, data=data_dir, progress=False))
+    return results
 
 
 # --- the whole demo ----------------------------------------------------------------------
@@ -216,16 +225,16 @@ def run_demo(preset: Preset, out: str | Path, log: Log = print) -> dict:
     evals, curves, diags = {}, {}, {}
     for (method, seed), ckpts in runs.items():
         log(f"[eval] {method} seed {seed}")
-        for split in ("test", "ood"):
-            evals[method, seed, split] = evaluate_checkpoint(
-                ckpts[-1][1], data[split], out / "eval" / method / f"seed{seed}" / split,
-                preset.eval_batch)
-        curves[method, seed] = [
-            (step, evaluate_checkpoint(p, data["val"],
-                                       out / "curves" / method / f"seed{seed}" / f"step-{step}",
-                                       preset.eval_batch)["overall"])
-            for step, p in ckpts
-        ]
+        curves[method, seed] = []
+        for i, (step, p) in enumerate(ckpts):
+            jobs = [(data["val"], out / "curves" / method / f"seed{seed}" / f"step-{step}")]
+            if i == len(ckpts) - 1:  # the final checkpoint is also scored on test and ood
+                jobs += [(data[split], out / "eval" / method / f"seed{seed}" / split)
+                         for split in ("test", "ood")]
+            scored = evaluate_checkpoint(p, jobs, preset.eval_batch)
+            curves[method, seed].append((step, scored[0]["overall"]))
+            if len(scored) == 3:
+                evals[method, seed, "test"], evals[method, seed, "ood"] = scored[1:]
         if method in ("latent", "storm"):
             log(f"[diagnostics] {method} seed {seed}")
             diags[method, seed] = diagnose(
