@@ -1,4 +1,4 @@
-"""Training data cost per item, decoded-clip cache off vs on (``data.cache_decoded``).
+"""Training data cost per item, sample cache off vs on (``data.cache_decoded``: decoded and prepared).
 
     python benchmarks/data_loading.py [--n 64] [--epochs 4] [--frames 8] [--size 48]
 

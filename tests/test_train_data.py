@@ -231,11 +231,19 @@ def test_cache_decoded_decodes_each_clip_once(tmp_path, monkeypatch):
     ref = plain[0].features
     assert (ref.frames == first.frames).all() and (ref.timestamps == first.timestamps).all()
     assert len(calls) == 2 and set(kept.decoded) == {0}
+    # what is kept is the prepared sample: preparation (resize, normalise, tokenise) runs once
+    prepared_calls = []
+    prep = VideoQADataset(samples, root, vc, lambda t, h, w, px: (t // 2) * 2, 2,
+                          prepare=lambda x: prepared_calls.append(x) or ("ready", x.frames),
+                          keep_decoded=True)
+    assert prep[0].features[0] == "ready" and prep[0].features is prep[0].features
+    assert len(prepared_calls) == 1 and prep.kept_bytes == first.frames.nbytes
+    calls.clear()
     # a byte bound below one clip keeps nothing: every read decodes again
     small = VideoQADataset(samples, root, vc, lambda t, h, w, px: (t // 2) * 2, 2, keep_decoded=True,
                            keep_bytes=first.frames.nbytes - 1)
     small[0], small[0]
-    assert len(calls) == 4 and small.decoded == {} and small.kept_bytes == 0
+    assert len(calls) == 2 and small.decoded == {} and small.kept_bytes == 0
 
 
 def test_every_shipped_train_config_loads():

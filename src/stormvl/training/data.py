@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,21 @@ class Skipped:
     reason: str
 
 
+def array_bytes(obj: Any) -> int:
+    """Bytes of the arrays / tensors in ``obj`` (dataclasses, lists, tuples, dicts walked)."""
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if is_dataclass(obj):
+        return sum(array_bytes(getattr(obj, f.name)) for f in fields(obj))
+    if isinstance(obj, (list, tuple)):
+        return sum(array_bytes(x) for x in obj)
+    if isinstance(obj, dict):
+        return sum(array_bytes(x) for x in obj.values())
+    return 0
+
+
 class VideoQADataset(Dataset):
     """Decodes a sample's video(s) within the visual budget and prepares it for the model.
 
@@ -126,9 +141,10 @@ class VideoQADataset(Dataset):
         target_parts: sample id -> cache parts of its targets (storm stage 1).
         cache: where targets live.
         oracle_frames: >0 appends that many thought-video frames (the oracle method).
-        keep_decoded: remember each decoded clip (``data.cache_decoded``); failures are not
-            remembered, so a file fixed on disk is read again.
-        keep_bytes: stop remembering clips once they hold this many bytes.
+        keep_decoded: remember each sample's decoded and prepared inputs
+            (``data.cache_decoded``; ``prepare`` must then be deterministic, as the trainer's
+            is); failures are not remembered, so a file fixed on disk is read again.
+        keep_bytes: stop remembering samples once their arrays hold this many bytes.
     """
 
     def __init__(
@@ -184,30 +200,29 @@ class VideoQADataset(Dataset):
                 rest[0][0].frames, rest[0][0].timestamps, rest[0][1])
         return out
 
-    def _keep(self, i: int, loaded: Loaded) -> None:
-        """Remember a decoded clip while the cache is under its byte bound."""
-        size = loaded.frames.nbytes
-        if loaded.thought_frames is not None:
-            size += loaded.thought_frames.nbytes
+    def _keep(self, i: int, features: Any) -> None:
+        """Remember a sample's prepared inputs while the cache is under its byte bound."""
+        size = array_bytes(features)
         if self.kept_bytes + size <= self.keep_bytes:
-            self.decoded[i] = loaded
+            self.decoded[i] = features
             self.kept_bytes += size
 
     def __getitem__(self, i: int) -> Item | Skipped:
         s = self.samples[i]
-        loaded = self.decoded.get(i) if self.decoded is not None else None
-        if loaded is None:
+        features = self.decoded.get(i) if self.decoded is not None else None
+        if features is None:
             try:
                 loaded = self.load(i)
             except UserError as exc:
                 return Skipped(i, s.video, str(exc))
+            # prepared once: resizing / normalising / tokenising cost as much as decoding
+            features = self.prepare(loaded) if self.prepare else loaded
             if self.decoded is not None:
-                self._keep(i, loaded)
+                self._keep(i, features)
         target = None
         parts = self.target_parts.get(s.id)
         if parts is not None and self.cache is not None:
             target = self.cache.get(parts)  # None (stale/missing) -> no alignment for it
-        features = self.prepare(loaded) if self.prepare else loaded
         return Item(i, s.id, features, target)
 
 
