@@ -6,7 +6,7 @@ Prints:
   2. per-question latency ratios at batch 1: latent K = 8 / direct (same short reply), and
      latent K = 8 / textcot with a 64-token reply.
 
-Everything goes through ``stormvl.evaluate.Runner`` (the code ``stormvl eval`` runs); the
+Everything goes through ``stormvl.evaluation.Runner`` (the code ``stormvl eval`` runs); the
 videos are decoded and encoded once up front so the numbers are the model's. A random
 backbone stops at arbitrary tokens, so end-of-sequence is switched off here and every reply
 runs to its budget: each method then pays exactly the decode length the comparison names.
@@ -26,7 +26,7 @@ import torch
 
 from stormvl.backbones.tiny import build_tiny
 from stormvl.data.video import write_video
-from stormvl.evaluate import EvalSettings, LoadedModel, Runner
+from stormvl.evaluation import EvalSettings, LoadedModel, Runner
 from stormvl.tasks.base import EvalItem
 from stormvl.training.config import VideoConfig
 

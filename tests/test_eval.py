@@ -135,7 +135,7 @@ def test_method_layouts(tmp_path, ckpts, data):
 
 
 def test_textcot_scores_the_final_answer():
-    from stormvl.evaluate import answer_part
+    from stormvl.evaluation.model import answer_part
 
     reply = "A ball moves. Cup A is empty.\nThe answer is C."
     assert answer_part("textcot", reply) == "C."
@@ -147,7 +147,7 @@ def test_oracle_sees_what_training_saw(tmp_path, ckpts, data):
     """Eval's oracle inputs == the trainer's loader on the same sample (frames, pixels, layout)."""
     from stormvl.backbones import Prompt
     from stormvl.data.manifest import read_manifest
-    from stormvl.evaluate import EvalSettings, Runner, load_model
+    from stormvl.evaluation import EvalSettings, Runner, load_model
     from stormvl.latent import format_question
     from stormvl.training.data import VideoQADataset
     from stormvl.training.loop import _preprocess
@@ -259,7 +259,7 @@ def test_bad_inputs_exit_2(tmp_path, ckpts, data, capsys):
 
 
 def test_answer_and_lmms_runner_share_the_eval_path(tmp_path, ckpts, data, capsys):
-    from stormvl.evaluate import load_runner
+    from stormvl.evaluation import load_runner
 
     video = data["synth"] / "videos" / "s0.mp4"
     code = run_cli("answer", "--model", ckpts["latent"], "--video", video, "--question", "Where?",

@@ -81,7 +81,7 @@ def test_storm_stage2_from_stage1_and_refusals(tmp_path, suite, stage1):
 
 
 def test_bottleneck_is_recorded_checked_and_reloaded(tmp_path, suite, stage1):
-    from stormvl.evaluate import load_model
+    from stormvl.evaluation import load_model
     from stormvl.training.config import MethodConfig
 
     cfg = tiny_config(tmp_path / "b", suite, "latent", max_steps=2)

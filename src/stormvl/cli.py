@@ -225,7 +225,7 @@ def evaluate(
     import os
 
     from stormvl.distributed import end_process_group
-    from stormvl.evaluate import EvalSettings, Runner, load_model, run_eval
+    from stormvl.evaluation import EvalSettings, Runner, load_model, run_eval
     from stormvl.tasks import load_benchmark
     from stormvl.tasks.score import render_table
 
@@ -267,7 +267,7 @@ def answer(
     device: str = typer.Option("auto", "--device", help="cpu | cuda[:i] | auto."),
 ) -> None:
     """Answer one question about one video, with latency."""
-    from stormvl.evaluate import EvalSettings, Runner, answer_question, load_model
+    from stormvl.evaluation import EvalSettings, Runner, answer_question, load_model
 
     if not video.is_file():  # before loading a model: a typo should fail fast
         raise UserError(f"--video {video}: file not found")

@@ -191,7 +191,7 @@ def evaluate_checkpoint(ckpt_dir: Path, jobs: list[tuple[Path, Path]], batch: in
 
     The model is loaded once, and not at all when every split is already scored.
     """
-    from stormvl import evaluate
+    from stormvl import evaluation as evaluate
     from stormvl.tasks import load_benchmark
 
     runner, results = None, []

@@ -69,7 +69,7 @@ def _cos_per_step(pred: torch.Tensor, targets: torch.Tensor) -> list[float]:
 def alignment_report(final, ckpts, samples, root: Path, final_latents: torch.Tensor, preset,
                      figure: Path | None = None, n_curve: int = 32) -> dict:
     """Cosine per step through both stages, retrieval and (optionally) the picture."""
-    from stormvl import evaluate
+    from stormvl import evaluation as evaluate
     from stormvl.diagnostics.run import collect, prepare_items
     from stormvl.tasks import load_benchmark
 

@@ -122,7 +122,7 @@ def _probe_labels(samples, n_frames: int, k: int) -> np.ndarray | None:
 def diagnose(ckpts, test_dir: Path, out_json: Path, preset, stage1: Path | None = None,
              figure: Path | None = None) -> dict:
     """All diagnostics of a run's final checkpoint (and alignment over its checkpoints)."""
-    from stormvl import evaluate
+    from stormvl import evaluation as evaluate
     from stormvl.data.manifest import read_manifest
     from stormvl.diagnostics.alignment import alignment_report
     from stormvl.tasks import load_benchmark

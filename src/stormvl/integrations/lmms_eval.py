@@ -9,7 +9,7 @@ clear error. lmms-eval >= 0.7 discovers external models through the ``lmms_eval.
 entry-point group, whose payload must be a ``ModelManifest`` (or a callable returning one):
 ``manifest`` below is that payload, pointing at the ``StormVL`` class.
 
-Generation goes through ``stormvl.evaluate.load_runner`` (the evaluator's model runner), so
+Generation goes through ``stormvl.evaluation.load_runner`` (the evaluator's model runner), so
 the harness and ``stormvl eval`` answer with the same code: same prompt layout, latent
 rollout, frame sampling and video settings from the checkpoint.
 """
@@ -46,7 +46,7 @@ def manifest():
 
 
 def _load_runner(pretrained: str, settings: dict[str, Any]):
-    """LEAD HOOK: the evaluator's runner, ``stormvl.evaluate.load_runner``.
+    """LEAD HOOK: the evaluator's runner, ``stormvl.evaluation.load_runner``.
 
     Contract used here: ``load_runner(pretrained, **settings)`` returns an object with
     ``generate(batch, max_new_tokens, do_sample, temperature) -> list[str]`` where ``batch``
@@ -54,9 +54,9 @@ def _load_runner(pretrained: str, settings: dict[str, Any]):
     the runner's (the same as ``stormvl eval``).
     """
     try:
-        from stormvl.evaluate import load_runner
+        from stormvl.evaluation import load_runner
     except ImportError as exc:
-        raise UserError(f"stormvl.evaluate.load_runner is not available ({exc}); "
+        raise UserError(f"stormvl.evaluation.load_runner is not available ({exc}); "
                         f"this stormvl build cannot generate yet") from None
     return load_runner(pretrained, **settings)
 

@@ -1,0 +1,192 @@
+"""The runner ``stormvl eval``, ``stormvl answer`` and the lmms-eval plug-in all answer
+through:
+
+    item -> frames planned exactly as training planned them (``training.data.plan_clips``:
+            the checkpoint's frame count / fps, pixel bounds and visual-token budget; the
+            oracle's thought video shares the budget as in training)
+         -> Prompt (method layout: K latents, the oracle's second video)
+         -> latent engine ``generate`` in batches (greedy by default)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stormvl.config import to_dict
+from stormvl.errors import UserError
+from stormvl.evaluation.model import (
+    EvalSettings,
+    LoadedModel,
+    answer_part,
+    checkpoint_fingerprint,
+    generation_settings,
+    load_model,
+    resolve_video,
+)
+from stormvl.tasks.base import EvalItem, frame_folder_files, load_clip
+
+
+@dataclass
+class Prepared:
+    """One item ready for the model."""
+
+    item: EvalItem
+    encoded: Any  # the adapter's Encoded
+    frame_indices: list[int]  # source frames of the input video
+    thought_indices: list[int] | None  # oracle: source frames of the thought video
+    load_s: float  # decode + preprocessing seconds
+
+
+def _source(item: EvalItem, timeout_s: float) -> tuple[int, float, int, int]:
+    """(frames, fps, height, width) of an item's media: a video file or a frame folder."""
+    from stormvl.data.video import probe
+
+    if item.frames_fps is None:
+        info = probe(item.video, timeout_s)
+        return info.num_frames, info.fps, info.height, info.width
+    from PIL import Image
+
+    files = frame_folder_files(item.video)
+    with Image.open(files[0]) as im:
+        w, h = im.size
+    return len(files), item.frames_fps, h, w
+
+
+class Runner:
+    """A loaded model with this run's resolved video and generation settings."""
+
+    def __init__(self, model: LoadedModel, settings: EvalSettings):
+        from stormvl.training.video_settings import backbone_counter
+
+        self.model, self.settings = model, settings
+        self.video, self.warnings = resolve_video(model.video, settings)
+        self.gen = generation_settings(model, settings)
+        self._count = backbone_counter(model.backbone)
+        self._torch_gen = torch.Generator().manual_seed(settings.seed)
+        # prepare() runs in decode threads; a fast tokenizer must not be entered concurrently
+        # (its Rust state is borrowed per call: "Already borrowed" errors under contention)
+        self._encode_lock = threading.Lock()
+
+    @property
+    def method(self) -> str:
+        return self.model.method
+
+    def prepare(self, item: EvalItem) -> Prepared:
+        """Decode and encode one item, planning frames exactly as training did.
+
+        Raises:
+            UserError / VideoError: missing or unreadable media (the caller records it).
+        """
+        from stormvl.backbones import Prompt
+        from stormvl.data.video import read_clip
+        from stormvl.training.data import plan_clips
+        from stormvl.training.video_settings import wanted_frames, with_max_pixels
+
+        t0 = time.perf_counter()
+        bb, v = self.model.backbone, self.video
+        n, fps, h, w = _source(item, v.timeout_s)
+        shapes = [(h, w, wanted_frames(v, n, fps))]
+        thought = None
+        if self.model.oracle_frames:
+            thought = item.meta.get("thought_video")
+            if not thought:
+                raise UserError(f"item {item.id}: the oracle method needs a thought video")
+            _, _, th, tw = _source(EvalItem("", "", Path(thought), "", ""), v.timeout_s)
+            shapes.append((th, tw, self.model.oracle_frames))
+        plans = plan_clips(shapes, v, self._count, bb.temporal_patch)
+        clip = load_clip(item, num_frames=plans[0].num_frames)
+        videos = [with_max_pixels(bb, plans[0].max_pixels).preprocess_video(clip.frames, clip.timestamps)]
+        t_idx = None
+        if thought:
+            tclip = read_clip(thought, num_frames=plans[1].num_frames, timeout_s=v.timeout_s)
+            videos.append(with_max_pixels(bb, plans[1].max_pixels)
+                          .preprocess_video(tclip.frames, tclip.timestamps))
+            t_idx = [int(i) for i in tclip.indices]
+        prompt = Prompt(videos=videos, text=item.render_prompt(clip.timestamps), k=self.gen["k"])
+        with self._encode_lock:
+            encoded = bb.encode(prompt)
+        return Prepared(item, encoded, [int(i) for i in clip.indices], t_idx,
+                        time.perf_counter() - t0)
+
+    def run(self, prepared: Sequence[Prepared], projector: torch.nn.Module | None = None,
+            **overrides):
+        """Generate for a batch of prepared items; returns the engine's ``GenerateOutput``.
+
+        Args:
+            projector: maps each latent state before it is fed back (the engine's hook;
+                diagnostics use it to swap / zero / perturb latents). None for evaluation.
+            overrides: generation settings for this call (max_new_tokens, do_sample, ...).
+        """
+        from stormvl.latent import generate
+
+        g = {**self.gen, **overrides}
+        bb = self.model.backbone
+        batch = bb.collate([p.encoded for p in prepared]).to(bb.device)
+        return generate(bb, batch, max_new_tokens=g["max_new_tokens"], do_sample=g["do_sample"],
+                        temperature=g["temperature"], top_p=g["top_p"],
+                        generator=self._torch_gen if g["do_sample"] else None,
+                        projector=projector)
+
+    def generate(self, batch: Sequence[tuple[Sequence[str], str]], max_new_tokens: int = 16,
+                 do_sample: bool = False, temperature: float = 0.0) -> list[str]:
+        """lmms-eval's hook: ``[(video_paths, prompt_text), ...]`` -> replies (same path as eval).
+
+        Raises:
+            UserError: a request without exactly one video, or a video that cannot be read.
+        """
+        prepared = []
+        for i, (videos, text) in enumerate(batch):
+            if len(videos) != 1:
+                raise UserError(f"request {i}: stormvl takes one video per question, got {len(videos)}")
+            prepared.append(self.prepare(EvalItem(str(i), "lmms-eval", Path(videos[0]), text, "")))
+        sample = bool(do_sample) and temperature > 0
+        out = self.run(prepared, max_new_tokens=int(max_new_tokens), do_sample=sample,
+                       temperature=float(temperature) if sample else 1.0)
+        return [answer_part(self.method, t) for t in out.texts]
+
+    def describe(self, example_text: str = "") -> dict:
+        """What makes this run's numbers reproducible (minus the per-item frame hash)."""
+        bb = self.model.backbone
+        return {
+            "checkpoint": self.model.path,
+            "checkpoint_sha": checkpoint_fingerprint(self.model.path),
+            "backbone": bb.family,
+            "method": self.method,
+            "trained_k": self.model.k,
+            "oracle_frames": self.model.oracle_frames,
+            "video": to_dict(self.video),
+            "video_pixels": bb.video.to_dict(),
+            "generation": self.gen,
+            "chat_template_example": self._template(example_text),
+        }
+
+    def _template(self, text: str) -> str:
+        """The chat layout around a question (no video: the placeholder span is elided)."""
+        from stormvl.backbones import Prompt
+
+        bb = self.model.backbone
+        enc = bb.encode(Prompt(videos=[], text=text or "{question}", k=self.gen["k"]))
+        return bb.tokenizer.decode(enc.input_ids, skip_special_tokens=False)
+
+
+def load_runner(pretrained: str, **settings: Any) -> Runner:
+    """The lmms-eval plug-in's entry: a checkpoint plus ``--model_args`` -> ``Runner``.
+
+    Known settings: num_frames, fps, k, max_new_tokens, device, dtype (others are refused).
+    """
+    known = {"num_frames", "fps", "k", "max_new_tokens", "device", "dtype"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise UserError(f"unknown stormvl model_args {unknown}; known: {sorted(known)}")
+    num = lambda key, cast: None if settings.get(key) in (None, "") else cast(settings[key])  # noqa: E731
+    s = EvalSettings(num_frames=num("num_frames", int), fps=num("fps", float), k=num("k", int),
+                     max_new_tokens=num("max_new_tokens", int), batch_size=1)
+    model = load_model(pretrained, settings.get("device"), settings.get("dtype") or "auto")
+    return Runner(model, s)
