@@ -129,6 +129,16 @@ def _train_once(cfg, log: Log) -> list[tuple[int, Path]]:
     return ckpt.list_checkpoints(cfg.out_dir)
 
 
+def stage1_steps(preset: Preset) -> int:
+    """Storm's Stage-I share of the step budget (Stage II's checkpoints come after it)."""
+    return max(1, int(round(preset.steps * preset.stage1_fraction)))
+
+
+def run_dir(runs: Path, method: str, seed: int) -> Path:
+    """Where one (method, seed) run lives; storm's stages are its stage1 / stage2 folders."""
+    return runs / method / f"seed{seed}"
+
+
 def train_method(preset: Preset, method: str, seed: int, manifest: Path, out: Path,
                  log: Log) -> list[tuple[int, Path]]:
     """Train one method; storm runs Stage I then Stage II within the same step budget.
@@ -137,7 +147,7 @@ def train_method(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
     """
     if method != "storm":
         return _train_once(train_config(preset, method, seed, manifest, out, preset.steps), log)
-    s1 = max(1, int(round(preset.steps * preset.stage1_fraction)))
+    s1 = stage1_steps(preset)
     first = _train_once(train_config(preset, "storm", seed, manifest, out / "stage1", s1), log)
     second = _train_once(train_config(preset, "storm", seed, manifest, out / "stage2",
                                       preset.steps - s1, stage=2, stage1=first[-1][1]), log)
@@ -166,7 +176,7 @@ def train_all(preset: Preset, manifest: Path, out: Path,
     same layout.
     """
     jobs = [(m, s) for s in range(preset.seeds) for m in preset.methods]
-    paths = {job: out / job[0] / f"seed{job[1]}" for job in jobs}
+    paths = {job: run_dir(out, *job) for job in jobs}
     if preset.parallel <= 1:
         return {job: train_method(preset, *job, manifest, paths[job], log) for job in jobs}
     import multiprocessing as mp
@@ -214,6 +224,7 @@ def evaluate_checkpoint(ckpt_dir: Path, jobs: list[tuple[Path, Path]], batch: in
 def run_demo(preset: Preset, out: str | Path, log: Log = print) -> dict:
     """Run every stage; returns the results dict also written to ``out/results.json``."""
     from stormvl.demo.assemble import assemble_results
+    from stormvl.diagnostics.alignment import checkpoint_stage
     from stormvl.diagnostics.run import diagnose
     from stormvl.report.demo_report import write_report
 
@@ -239,12 +250,12 @@ def run_demo(preset: Preset, out: str | Path, log: Log = print) -> dict:
             log(f"[diagnostics] {method} seed {seed}")
             diags[method, seed] = diagnose(
                 ckpts, data["test"], out / "diag" / method / f"seed{seed}.json", preset,
-                stage1=runs[method, seed][0][1].parent.parent if method == "storm" else None,
+                alignment=method == "storm",
                 figure=out / f"latents_{method}_seed{seed}.png" if seed == 0 else None)
         if method == "storm":
             # the same interventions on the end of Stage I: were the latents used while they
             # were being aligned, and did answer-only Stage II make the model drop them?
-            stage1 = [(step, p) for step, p in ckpts if "stage1" in p.parts]
+            stage1 = [(step, p) for step, p in ckpts if checkpoint_stage(p) == 1]
             diags[STAGE1_DIAG, seed] = diagnose(
                 stage1, data["test"], out / "diag" / method / f"seed{seed}_stage1.json", preset)
     results = assemble_results(preset, out, evals, curves, diags)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from stormvl.backbones.base import read_stormvl_meta
 from stormvl.diagnostics import metrics
 
 
@@ -57,6 +58,11 @@ def _targets(samples, root: Path, cfg, backbone, k: int) -> tuple[torch.Tensor, 
     return torch.stack(rows), encoder
 
 
+def checkpoint_stage(path: Path) -> int | None:
+    """Storm stage (1 / 2) a checkpoint was trained in, from its stormvl.json."""
+    return (read_stormvl_meta(path) or {}).get("stage")
+
+
 def _project(proj, latents: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return proj(latents.float())[:, :, 0]  # (N, K, D_t)
@@ -73,7 +79,7 @@ def alignment_report(final, ckpts, samples, root: Path, final_latents: torch.Ten
     from stormvl.diagnostics.run import collect, prepare_items
     from stormvl.tasks import load_benchmark
 
-    stage1_ckpts = [p for _, p in ckpts if p.parent.parent.name == "stage1"]
+    stage1_ckpts = [p for _, p in ckpts if checkpoint_stage(p) == 1]
     cfg1 = _run_config(stage1_ckpts[-1])
     k = final.k  # the final checkpoint's LoadedModel (already loaded by the caller)
     targets, encoder = _targets(samples, root, cfg1, final.backbone, k)
@@ -94,7 +100,7 @@ def alignment_report(final, ckpts, samples, root: Path, final_latents: torch.Ten
         proj = _projector(path, cfg1, m.backbone.hidden_size) or proj1
         runner = evaluate.Runner(m, evaluate.EvalSettings(batch_size=preset.eval_batch))
         lat = collect(runner, items, prepare_items(runner, items), preset.eval_batch).latents
-        stage = 1 if path.parent.parent.name == "stage1" else 2
+        stage = checkpoint_stage(path)
         out["curve"].append({"step": step, "stage": stage,
                              "cos_per_step": _cos_per_step(_project(proj, lat), targets[: len(items)])})
     if figure is not None:

@@ -119,9 +119,10 @@ def _probe_labels(samples, n_frames: int, k: int) -> np.ndarray | None:
     return np.array(rows)
 
 
-def diagnose(ckpts, test_dir: Path, out_json: Path, preset, stage1: Path | None = None,
+def diagnose(ckpts, test_dir: Path, out_json: Path, preset, alignment: bool = False,
              figure: Path | None = None) -> dict:
-    """All diagnostics of a run's final checkpoint (and alignment over its checkpoints)."""
+    """All diagnostics of a run's final checkpoint; ``alignment``: also the Stage-I alignment
+    over its checkpoints (a storm run whose ``ckpts`` span both stages)."""
     from stormvl import evaluation as evaluate
     from stormvl.data.manifest import read_manifest
     from stormvl.diagnostics.alignment import alignment_report
@@ -147,7 +148,7 @@ def diagnose(ckpts, test_dir: Path, out_json: Path, preset, stage1: Path | None 
     labels = _probe_labels(samples, preset.frames, model.k)
     if labels is not None:
         result["probe"] = metrics.probe_accuracy(base.latents, labels)
-    if stage1 is not None:
+    if alignment:
         result["alignment"] = alignment_report(model, ckpts, samples, test_dir, base.latents, preset,
                                                figure=figure)
     write_json_atomic(out_json, result)
