@@ -92,7 +92,24 @@ def test_parallel_training_writes_the_serial_layout(demo_dir, tmp_path):
 def test_other_preset_in_same_folder_is_refused(demo_dir):
     assert main(["demo", "--preset", "quick", "--out", str(demo_dir)]) == 2
     assert main(["demo", "--preset", "test", "--bottleneck", "--out", str(demo_dir)]) == 2
-    assert main(["demo", "--preset", "test", "--methods", "direct,nope", "--out", str(demo_dir)]) == 2
+
+
+def test_a_folder_from_before_a_new_setting_still_resumes(demo_dir, tmp_path):
+    from dataclasses import replace
+
+    from stormvl.demo.pipeline import _check_preset
+    from stormvl.demo.presets import PRESETS
+    from stormvl.errors import UserError
+
+    old = json.loads((demo_dir / "demo.json").read_text())
+    del old["bottleneck"]  # made before the setting existed: it had the default, off
+    for want, ok in ((replace(PRESETS["test"], bottleneck=True), False), (PRESETS["test"], True)):
+        (tmp_path / "demo.json").write_text(json.dumps(old))
+        if ok:
+            _check_preset(tmp_path, want)
+        else:
+            with pytest.raises(UserError, match=r"other settings \(bottleneck\)"):
+                _check_preset(tmp_path, want)
 
 
 def test_a_subset_of_methods_reports_without_retraining(demo_dir, tmp_path, capsys):

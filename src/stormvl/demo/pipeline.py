@@ -41,6 +41,10 @@ def _check_preset(out: Path, preset: Preset) -> None:
     want = json.loads(json.dumps(want))  # tuples -> lists, as stored
     if record.exists():
         have = json.loads(record.read_text())
+        # a setting added after the folder was made counts as its default there
+        defaults = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(Preset)
+                                          if f.default is not dataclasses.MISSING}))
+        have = {**{k: v for k, v in defaults.items() if k not in have}, **have}
         diff = sorted(k for k in set(want) | set(have)
                       if k not in SPEED_ONLY + EXTENT and have.get(k) != want.get(k))
         if diff:
