@@ -242,14 +242,15 @@ def run_demo(preset: Preset, out: str | Path, log: Log = print) -> dict:
         log(f"[eval] {method} seed {seed}")
         curves[method, seed] = []
         for i, (step, p) in enumerate(ckpts):
-            jobs = [(data["val"], out / "curves" / method / f"seed{seed}" / f"step-{step}")]
-            if i == len(ckpts) - 1:  # the final checkpoint is also scored on test and ood
-                jobs += [(data[split], out / "eval" / method / f"seed{seed}" / split)
-                         for split in ("test", "ood")]
-            scored = evaluate_checkpoint(p, jobs, preset.eval_batch)
-            curves[method, seed].append((step, scored[0]["overall"]))
-            if len(scored) == 3:
-                evals[method, seed, "test"], evals[method, seed, "ood"] = scored[1:]
+            final = i == len(ckpts) - 1  # the final checkpoint is also scored on test and ood
+            where = {"val": out / "curves" / method / f"seed{seed}" / f"step-{step}"}
+            if final:
+                where |= {sp: out / "eval" / method / f"seed{seed}" / sp for sp in ("test", "ood")}
+            jobs = [(data[sp], d) for sp, d in where.items()]
+            scored = dict(zip(where, evaluate_checkpoint(p, jobs, preset.eval_batch), strict=True))
+            curves[method, seed].append((step, scored["val"]["overall"]))
+            if final:
+                evals[method, seed, "test"], evals[method, seed, "ood"] = scored["test"], scored["ood"]
         if method in ("latent", "storm"):
             log(f"[diagnostics] {method} seed {seed}")
             diags[method, seed] = diagnose(
