@@ -128,6 +128,9 @@ def test_a_subset_of_methods_reports_without_retraining(demo_dir, tmp_path, caps
     header = next(line for line in (folder / "report.md").read_text().splitlines()
                   if line.startswith("| family |"))
     assert [c.strip() for c in header.strip("|").split("|")] == ["family", "direct", "storm"]
+    # without storm no goal applies, and the report says so instead of an empty table
+    assert main(["demo", "--preset", "test", "--methods", "textcot,oracle", "--out", str(folder)]) == 0
+    assert "None applies to these methods" in (folder / "report.md").read_text()
 
 
 def test_report_command_rebuilds(demo_dir, tmp_path):

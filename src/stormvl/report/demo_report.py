@@ -100,10 +100,13 @@ def _diag_section(res: dict) -> list[str]:
 
 
 def _goals_section(res: dict) -> list[str]:
+    head = ["## Goals (issue 6) against the measured numbers", ""]
+    if not res["goals"]:
+        return head + ["None applies to these methods: every goal compares storm with another "
+                       "method (run storm and the method it is compared with in one folder).", ""]
     rows = [[g["goal"], {True: "met", False: "NOT met", None: "-"}[g["met"]], json.dumps(g["value"])]
             for g in res["goals"]]
-    return ["## Goals (issue 6) against the measured numbers", "",
-            md_table(["goal", "status", "value"], rows), ""]
+    return head + [md_table(["goal", "status", "value"], rows), ""]
 
 
 def _plots(res: dict, out: Path) -> list[str]:
