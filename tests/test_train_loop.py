@@ -188,6 +188,10 @@ def test_cli_train_overrides_and_bad_config(tmp_path, suite, capsys):
     assert main(["train", str(tmp_path / "c.yaml"), "optim.lrr=1", "method.name=magic"]) == 2
     err = capsys.readouterr().err
     assert "optim.lrr: unknown key" in err and "method.name: 'magic' is not one of" in err
+    assert main(["train", str(tmp_path / "c.yaml"), "method.k=0", "model.lora.dropout=2"]) == 2
+    err = capsys.readouterr().err  # each field named once by its full path
+    assert "method.k: latent needs k >= 1" in err and "method.method" not in err
+    assert "model.lora.dropout: 2.0 is not in" in err and "lora.lora" not in err
     assert main(["train", str(tmp_path / "c.yaml"), "--resume", "optim.max_steps=3"]) == 2  # K differs
     assert "method.k" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "c.yaml"), "--resume", "method.k=3", "optim.max_steps=3"]) == 0

@@ -140,8 +140,14 @@ def _build(cls: type[T], data: dict, where: str, problems: list[str]) -> T:
             if len(problems) == before:
                 raise
             found = []
+        parent, _, section = where.rpartition(".")
         for p in found:
-            problems.append(f"{where}{'.' if where else ''}{p}")
+            # validate() may name fields from its own section ("data.num_workers"), as its
+            # direct callers read them; nested, that section already ends ``where``
+            if section and p.startswith(f"{section}."):
+                problems.append(f"{parent}{'.' if parent else ''}{p}")
+            else:
+                problems.append(f"{where}{'.' if where else ''}{p}")
     return obj
 
 
