@@ -133,16 +133,6 @@ def _train_once(cfg, log: Log) -> list[tuple[int, Path]]:
     return ckpt.list_checkpoints(cfg.out_dir)
 
 
-def stage1_steps(preset: Preset) -> int:
-    """Storm's Stage-I share of the step budget (Stage II's checkpoints come after it)."""
-    return max(1, int(round(preset.steps * preset.stage1_fraction)))
-
-
-def run_dir(runs: Path, method: str, seed: int) -> Path:
-    """Where one (method, seed) run lives; storm's stages are its stage1 / stage2 folders."""
-    return runs / method / f"seed{seed}"
-
-
 def train_method(preset: Preset, method: str, seed: int, manifest: Path, out: Path,
                  log: Log) -> list[tuple[int, Path]]:
     """Train one method; storm runs Stage I then Stage II within the same step budget.
@@ -151,7 +141,7 @@ def train_method(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
     """
     if method != "storm":
         return _train_once(train_config(preset, method, seed, manifest, out, preset.steps), log)
-    s1 = stage1_steps(preset)
+    s1 = max(1, int(round(preset.steps * preset.stage1_fraction)))
     first = _train_once(train_config(preset, "storm", seed, manifest, out / "stage1", s1), log)
     second = _train_once(train_config(preset, "storm", seed, manifest, out / "stage2",
                                       preset.steps - s1, stage=2, stage1=first[-1][1]), log)
@@ -180,7 +170,7 @@ def train_all(preset: Preset, manifest: Path, out: Path,
     same layout.
     """
     jobs = [(m, s) for s in range(preset.seeds) for m in preset.methods]
-    paths = {job: run_dir(out, *job) for job in jobs}
+    paths = {job: out / job[0] / f"seed{job[1]}" for job in jobs}
     if preset.parallel <= 1:
         return {job: train_method(preset, *job, manifest, paths[job], log) for job in jobs}
     import multiprocessing as mp
@@ -205,7 +195,7 @@ def evaluate_checkpoint(ckpt_dir: Path, jobs: list[tuple[Path, Path]], batch: in
 
     The model is loaded once, and not at all when every split is already scored.
     """
-    from stormvl import evaluation as evaluate
+    from stormvl import evaluation
     from stormvl.tasks import load_benchmark
 
     runner, results = None, []
@@ -215,10 +205,10 @@ def evaluate_checkpoint(ckpt_dir: Path, jobs: list[tuple[Path, Path]], batch: in
             results.append(json.loads(done.read_text()))
             continue
         if runner is None:
-            runner = evaluate.Runner(evaluate.load_model(ckpt_dir),
-                                     evaluate.EvalSettings(batch_size=batch))
+            runner = evaluation.Runner(evaluation.load_model(ckpt_dir),
+                                     evaluation.EvalSettings(batch_size=batch))
         items = load_benchmark("synth", data_dir)
-        results.append(evaluate.run_eval(runner, "synth", items, out, data=data_dir, progress=False))
+        results.append(evaluation.run_eval(runner, "synth", items, out, data=data_dir, progress=False))
     return results
 
 

@@ -75,7 +75,7 @@ def _cos_per_step(pred: torch.Tensor, targets: torch.Tensor) -> list[float]:
 def alignment_report(final, ckpts, samples, root: Path, final_latents: torch.Tensor, preset,
                      figure: Path | None = None, n_curve: int = 32) -> dict:
     """Cosine per step through both stages, retrieval and (optionally) the picture."""
-    from stormvl import evaluation as evaluate
+    from stormvl import evaluation
     from stormvl.diagnostics.run import collect, prepare_items
     from stormvl.tasks import load_benchmark
 
@@ -96,9 +96,9 @@ def alignment_report(final, ckpts, samples, root: Path, final_latents: torch.Ten
     }
     items = load_benchmark("synth", root)[:n_curve]
     for step, path in ckpts:
-        m = final if path == ckpts[-1][1] else evaluate.load_model(path)
+        m = final if path == ckpts[-1][1] else evaluation.load_model(path)
         proj = _projector(path, cfg1, m.backbone.hidden_size) or proj1
-        runner = evaluate.Runner(m, evaluate.EvalSettings(batch_size=preset.eval_batch))
+        runner = evaluation.Runner(m, evaluation.EvalSettings(batch_size=preset.eval_batch))
         lat = collect(runner, items, prepare_items(runner, items), preset.eval_batch).latents
         stage = checkpoint_stage(path)
         out["curve"].append({"step": step, "stage": stage,

@@ -123,15 +123,15 @@ def diagnose(ckpts, test_dir: Path, out_json: Path, preset, alignment: bool = Fa
              figure: Path | None = None) -> dict:
     """All diagnostics of a run's final checkpoint; ``alignment``: also the Stage-I alignment
     over its checkpoints (a storm run whose ``ckpts`` span both stages)."""
-    from stormvl import evaluation as evaluate
+    from stormvl import evaluation
     from stormvl.data.manifest import read_manifest
     from stormvl.diagnostics.alignment import alignment_report
     from stormvl.tasks import load_benchmark
 
     if out_json.exists():
         return json.loads(out_json.read_text())
-    model = evaluate.load_model(ckpts[-1][1])
-    runner = evaluate.Runner(model, evaluate.EvalSettings(batch_size=preset.eval_batch))
+    model = evaluation.load_model(ckpts[-1][1])
+    runner = evaluation.Runner(model, evaluation.EvalSettings(batch_size=preset.eval_batch))
     items = load_benchmark("synth", test_dir)[: preset.diag_n]
     by_id = {s.id: s for s in read_manifest(test_dir / "manifest.jsonl")}
     samples = [by_id[it.id] for it in items]

@@ -181,11 +181,12 @@ class DataConfig:
     split: str | None = "train"  # keep rows with this split (None = all rows)
     limit: int | None = None  # use only the first N samples
     num_workers: int = 0  # DataLoader decode workers
-    # keep decoded clips in memory (in each loader worker), so epochs after the first decode
-    # nothing: for small datasets trained for many epochs (the demo's suite: decoding was
-    # half of the CPU time). Costs frames x height x width x 3 bytes per clip, up to
-    # cache_decoded_gb per worker; past it, further clips are decoded each time (under random
-    # sampling, keeping the first clips that fit hits as often as an LRU would, without churn)
+    # keep each decoded, prepared sample in memory (in each loader worker), so epochs after
+    # the first decode and preprocess nothing: for small datasets trained for many epochs
+    # (the demo's suite: decoding and preprocessing were most of the CPU time). Costs the
+    # sample's pixel tensors (float32, ~5x the uint8 frames), up to cache_decoded_gb per
+    # worker; past it, further samples are prepared each time (under random sampling,
+    # keeping the first that fit hits as often as an LRU would, without churn)
     cache_decoded: bool = False
     cache_decoded_gb: float = 4.0
     max_bad_fraction: float = 0.05  # stop when more than this fraction of videos fail
