@@ -246,6 +246,36 @@ def test_cache_decoded_decodes_each_clip_once(tmp_path, monkeypatch):
     assert len(calls) == 2 and small.decoded == {} and small.kept_bytes == 0
 
 
+def test_sampler_variants_follow_the_rationale_curriculum_by_optimizer_step():
+    from stormvl.training.config import MethodConfig
+
+    samples = [Sample(f"s{i}", "v.mp4", "q", ["x", "y"], "A") for i in range(6)]
+    method = MethodConfig("latent", internalize_at=[2, 3])
+    assert [method.rationale_stage(s) for s in range(5)] == [0, 0, 1, None, None]
+    # 2 micro-batches per optimizer step: the variant changes on optimizer-step boundaries
+    it = iter(ResumableSampler(samples, 2, DataConfig(train="m"), seed=1, grad_accum=2,
+                               variant_at=method.rationale_stage))
+    batches = [next(it) for _ in range(8)]
+    assert [{v for _, v in b} for b in batches] == [{0}, {0}, {0}, {0}, {1}, {1}, {None}, {None}]
+    plain = iter(ResumableSampler(samples, 2, DataConfig(train="m"), seed=1, grad_accum=2))
+    assert [[i for i, _ in b] for b in batches] == [next(plain) for _ in range(8)]  # same order
+    assert "increasing step numbers" in MethodConfig("latent", internalize_at=[3, 2]).validate()[0]
+    assert "only latent and storm" in MethodConfig("direct", internalize_at=[1]).validate()[0]
+
+
+def test_cache_decoded_prepares_again_for_a_new_variant(tmp_path):
+    _video(tmp_path / "ok.mp4", n=8, h=64, w=48)
+    write_manifest(tmp_path / "m.jsonl", [Sample("a", "ok.mp4", "q", ["x", "y"], "A")])
+    samples, root, _ = load_samples(DataConfig(train=str(tmp_path / "m.jsonl"), split=None))
+    vc = VideoConfig(num_frames=4, max_visual_tokens=16, min_pixels=28 * 28, max_pixels=56 * 56)
+    seen = []
+    ds = VideoQADataset(samples, root, vc, lambda t, h, w, px: (t // 2) * 2, 2,
+                        prepare=lambda x: seen.append(x.variant) or ("text", x.variant), keep_decoded=True)
+    assert ds[(0, 0)].features == ("text", 0) and ds[(0, 0)].features == ("text", 0)
+    assert ds[(0, 1)].features == ("text", 1) and ds[0].features == ("text", None)
+    assert seen == [0, 1, None]  # remembered per variant, prepared once for each
+
+
 def test_every_shipped_train_config_loads():
     from stormvl.config import load_config
     from stormvl.training.config import TrainConfig

@@ -95,6 +95,35 @@ def test_bottleneck_is_recorded_checked_and_reloaded(tmp_path, suite, stage1):
     assert "method.bottleneck: only latent and storm" in MethodConfig("direct", bottleneck=True).validate()[0]
 
 
+def test_internalize_at_drops_rationale_sentences_until_the_answer_alone(tmp_path, suite):
+    from stormvl.data.manifest import read_manifest, write_manifest
+    from stormvl.training.loop import make_loader, rationale_sentences, setup, target_text
+
+    rows = read_manifest(suite)
+    assert rationale_sentences("A b. C d? E!  F") == ["A b.", "C d?", "E!", "F"]
+    assert target_text("latent", rows[0], 1) == target_text("latent", rows[0], None) == rows[0].answer
+    longer = suite.parent / "train_3_sentences.jsonl"
+    write_manifest(longer, [replace(s, rationale=s.rationale + " It does not move. It stays.") for s in rows])
+    cfg = tiny_config(tmp_path / "run", longer, "latent", batch_size=8, max_steps=4)
+    cfg = replace(cfg, method=replace(cfg.method, internalize_at=[1, 2, 3]))
+
+    def supervised(cfg, n):
+        it = iter(make_loader(setup(cfg, resume=False)))
+        return [int((next(it).batch.labels != -100).sum()) for _ in range(n)]
+
+    written = supervised(cfg, 4)
+    assert written[0] > written[1] > written[2] > written[3], written
+    # after the last step the target is the plain latent method's: the letter alone
+    assert written[3] == supervised(tiny_config(tmp_path / "plain", suite, "latent", batch_size=8), 1)[0]
+    final = train(cfg)
+    assert read_meta(final)["internalize_at"] == [1, 2, 3]
+    with pytest.raises(UserError, match="method.internalize_at=\\[1, 2, 3\\], this config has \\[1, 2\\]"):
+        train(replace(cfg, method=replace(cfg.method, internalize_at=[1, 2]),
+                      optim=replace(cfg.optim, max_steps=5)), resume=True)
+    bad = replace(cfg, method=replace(cfg.method, internalize_at=[1, 4]))
+    assert any("must be below optim.max_steps" in m for m in bad.validate())
+
+
 def test_kill_and_resume_reproduces_the_loss_curve(tmp_path, suite):
     kw = dict(max_steps=6, batch_size=2, grad_accum=2, every=2)
     train(tiny_config(tmp_path / "full", suite, "storm", **kw))

@@ -246,6 +246,7 @@ def run_meta(cfg: TrainConfig, step: int) -> dict:
         "stage": cfg.method.stage if cfg.method.name == "storm" else None,
         "k": cfg.method.num_latents,
         "bottleneck": cfg.method.bottleneck,
+        "internalize_at": list(cfg.method.internalize_at),
         "base": cfg.model.backbone,
         "lora": cfg.model.lora.enabled,
         "step": step,

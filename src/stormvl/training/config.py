@@ -64,6 +64,11 @@ class MethodConfig:
     # latent / storm: the answer attends only to the latent chain, not to the video or the
     # question, so whatever it uses must pass through the K latents (docs/engine.md)
     bottleneck: bool = False
+    # latent / storm, Coconut-style: the rationale is written after the latents and one more
+    # of its sentences is dropped at each of these optimizer steps; after the last, only the
+    # answer is left, so what the sentences carried must move into the latents. Empty = the
+    # answer alone from step 0. (Starting from a textcot checkpoint is stage 0 of Coconut.)
+    internalize_at: list[int] = field(default_factory=list)
 
     def validate(self) -> list[str]:
         out = []
@@ -77,7 +82,18 @@ class MethodConfig:
             out.append(f"method.bottleneck: only latent and storm have latents, not {self.name}")
         if self.name == "oracle" and self.oracle_frames < 1:
             out.append("method.oracle_frames: must be >= 1")
+        if self.internalize_at:
+            steps = list(self.internalize_at)
+            if self.name not in ("latent", "storm"):
+                out.append(f"method.internalize_at: only latent and storm have latents, not {self.name}")
+            if any(not isinstance(x, int) or x < 1 for x in steps) or steps != sorted(set(steps)):
+                out.append(f"method.internalize_at: needs increasing step numbers >= 1, got {steps}")
         return out
+
+    def rationale_stage(self, step: int) -> int | None:
+        """Rationale sentences dropped at optimizer ``step`` (None = all: the answer alone)."""
+        passed = sum(step >= x for x in self.internalize_at)
+        return None if passed == len(self.internalize_at) else passed
 
     @property
     def num_latents(self) -> int:
@@ -280,6 +296,10 @@ class TrainConfig:
                 and encoder == "frozen_copy"):
             out.append("align.stage2_weight > 0 needs targets.encoder random_projection or backbone "
                        "(a stage-2 tower copy would not be the stage-1 targets)")
+        last = self.method.internalize_at[-1] if self.method.internalize_at else 0
+        if isinstance(last, int) and last >= self.optim.max_steps:
+            out.append(f"method.internalize_at: its last step {last} must be below optim.max_steps "
+                       f"({self.optim.max_steps}), so the run ends answering from the latents alone")
         return out
 
     @property

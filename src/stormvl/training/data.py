@@ -96,6 +96,9 @@ class Loaded:
     thought_frames: np.ndarray | None = None  # oracle: (T', H', W', 3) appended evidence
     thought_timestamps: np.ndarray | None = None
     thought_plan: VideoPlan | None = None
+    # which text the sampler asked for: rationale sentences dropped (the latent curriculum,
+    # ``method.internalize_at``); None = the method's plain target
+    variant: int | None = None
 
 
 @dataclass
@@ -145,6 +148,10 @@ class VideoQADataset(Dataset):
             (``data.cache_decoded``; ``prepare`` must then be deterministic, as the trainer's
             is); failures are not remembered, so a file fixed on disk is read again.
         keep_bytes: stop remembering samples once their arrays hold this many bytes.
+
+    An index is ``i`` or ``(i, variant)``; the variant reaches ``prepare`` as
+    ``Loaded.variant`` and is part of what is remembered (a new variant starts a new cache:
+    the curriculum only moves forward).
     """
 
     def __init__(
@@ -167,6 +174,7 @@ class VideoQADataset(Dataset):
         self.oracle_frames = oracle_frames
         self.decoded: dict[int, Loaded] | None = {} if keep_decoded else None
         self.keep_bytes, self.kept_bytes = keep_bytes, 0
+        self.variant: int | None = None  # the variant the remembered samples were prepared for
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -207,14 +215,18 @@ class VideoQADataset(Dataset):
             self.decoded[i] = features
             self.kept_bytes += size
 
-    def __getitem__(self, i: int) -> Item | Skipped:
+    def __getitem__(self, key: int | tuple[int, int | None]) -> Item | Skipped:
+        i, variant = key if isinstance(key, tuple) else (key, None)
         s = self.samples[i]
+        if self.decoded is not None and variant != self.variant:
+            self.decoded, self.kept_bytes, self.variant = {}, 0, variant
         features = self.decoded.get(i) if self.decoded is not None else None
         if features is None:
             try:
                 loaded = self.load(i)
             except UserError as exc:
                 return Skipped(i, s.video, str(exc))
+            loaded.variant = variant
             # prepared once: resizing / normalising / tokenising cost as much as decoding
             features = self.prepare(loaded) if self.prepare else loaded
             if self.decoded is not None:
@@ -299,12 +311,16 @@ class ResumableSampler(Sampler[list[int]]):
         world, rank: data-parallel layout; the global micro-batch is batch_size x world.
         start: micro-batches already consumed (resume point).
         grad_accum: micro-batches per optimizer step (curriculum is by optimizer step).
+        variant_at: optimizer step -> the text variant to prepare (the latent curriculum);
+            given, the sampler yields ``(index, variant)`` pairs instead of indices.
     """
 
     def __init__(self, samples: list[Sample], batch_size: int, cfg: DataConfig, seed: int = 0,
-                 world: int = 1, rank: int = 0, start: int = 0, grad_accum: int = 1):
+                 world: int = 1, rank: int = 0, start: int = 0, grad_accum: int = 1,
+                 variant_at: Callable[[int], int | None] | None = None):
         self.samples, self.bs, self.cfg, self.seed = samples, batch_size, cfg, seed
         self.world, self.rank, self.start, self.accum = world, rank, start, grad_accum
+        self.variant_at = variant_at
         self._perms: dict[int, np.ndarray] = {}
 
     def _perm(self, epoch: int) -> np.ndarray:
@@ -324,11 +340,14 @@ class ResumableSampler(Sampler[list[int]]):
             out.append(int(self._perm(pos // n)[pos % n]))
         return out
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list]:
         b = self.start
         while True:
-            idx = self.global_batch(b)
-            yield idx[self.rank * self.bs : (self.rank + 1) * self.bs]
+            idx = self.global_batch(b)[self.rank * self.bs : (self.rank + 1) * self.bs]
+            if self.variant_at is not None:
+                v = self.variant_at(b // self.accum)
+                idx = [(i, v) for i in idx]
+            yield idx
             b += 1
 
     def __len__(self) -> int:  # infinite; DataLoader only needs it for len()

@@ -12,6 +12,7 @@ method     prompt                                            loss
 direct     video + question -> answer letter                 answer CE
 textcot    video + question -> rationale + answer            CE on both
 latent     video + question -> K latents -> answer           answer CE
+  + internalize_at: K latents -> rationale tail + answer     CE (the tail shrinks by step)
 storm 1    as latent                                         CE + lambda * align
 storm 2    as latent, weights from the stage-1 checkpoint    CE (+ small align, opt.)
 oracle     video + thought video + question -> answer        answer CE
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -60,10 +62,23 @@ class TrainingDiverged(UserError):
 # --- prompts -------------------------------------------------------------------------------
 
 
-def target_text(method: str, sample) -> str:
-    """Supervised assistant text: the letter, or (textcot) the rationale then the letter."""
+def rationale_sentences(text: str) -> list[str]:
+    """A rationale cut into sentences, the steps the latent curriculum drops one by one."""
+    return [x for x in re.split(r"(?<=[.!?])\s+", text.strip()) if x]
+
+
+def target_text(method: str, sample, dropped: int | None = None) -> str:
+    """Supervised assistant text: the letter, or (textcot) the rationale then the letter.
+
+    ``dropped`` (latent curriculum): the rationale's sentences after the first ``dropped``
+    come before the answer, as textcot writes them; None or all dropped = the letter alone.
+    """
     if method == "textcot":
         return f"{sample.rationale.strip()}\nThe answer is {sample.answer}."
+    if dropped is not None:
+        tail = rationale_sentences(sample.rationale or "")[dropped:]
+        if tail:
+            return f"{' '.join(tail)}\nThe answer is {sample.answer}."
     return sample.answer
 
 
@@ -80,7 +95,7 @@ def make_prepare(bb, cfg: TrainConfig) -> Callable[[Loaded], object]:
             vids.append(_preprocess(bb, x.thought_frames, x.thought_timestamps, x.thought_plan))
         s = x.sample
         return bb.encode(Prompt(videos=vids, text=format_question(s.question, s.options), k=k,
-                                target=target_text(method, s)))
+                                target=target_text(method, s, x.variant)))
 
     return prepare
 
@@ -256,10 +271,11 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
     built = build_model(cfg, last)
     bb = built.backbone
     samples, root, summary = load_samples(cfg.data)
-    if cfg.method.name == "textcot":
+    if cfg.method.name == "textcot" or cfg.method.internalize_at:
         samples = [s for s in samples if s.rationale]
         if not samples:
-            raise UserError(f"{cfg.data.train}: textcot needs samples with a rationale; none has one")
+            why = "textcot" if cfg.method.name == "textcot" else "method.internalize_at"
+            raise UserError(f"{cfg.data.train}: {why} needs samples with a rationale; none has one")
     if acc.is_main_process:
         print(summary)
     use_align = cfg.method.uses_align and cfg.align_weight > 0
@@ -307,8 +323,10 @@ def _check_resume(cfg: TrainConfig, path: Path) -> None:
     meta = ckpt.read_meta(path)
     now = run_meta(cfg, 0)
     for key, name in (("method", "method.name"), ("stage", "method.stage"), ("k", "method.k"),
+                      ("internalize_at", "method.internalize_at"),
                       ("base", "model.backbone"), ("lora", "model.lora.enabled")):
-        if meta.get(key) != now[key]:
+        # (checkpoints from before a setting existed hold its default)
+        if meta.get(key, [] if key == "internalize_at" else None) != now[key]:
             raise UserError(f"--resume from {path}: it was trained with {name}={meta.get(key)!r}, "
                             f"this config has {now[key]!r}")
 
@@ -378,7 +396,8 @@ def make_loader(run: Run) -> DataLoader:
     acc, cfg = run.acc, run.cfg
     sampler = ResumableSampler(run.samples, cfg.optim.batch_size, cfg.data, cfg.seed,
                                acc.num_processes, acc.process_index, run.state.micro_batches,
-                               cfg.optim.grad_accum)
+                               cfg.optim.grad_accum,
+                               cfg.method.rationale_stage if cfg.method.internalize_at else None)
     bb = run.built.backbone
     return DataLoader(run.dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
                       collate_fn=make_collate(bb.collate))
