@@ -164,3 +164,29 @@ def test_bottleneck_reaches_the_latent_methods_only(tmp_path):
     for method in ("direct", "textcot", "latent", "storm", "oracle"):
         cfg = train_config(preset, method, 0, tmp_path / "m.jsonl", tmp_path / method, 4)
         assert cfg.method.bottleneck == (method in ("latent", "storm"))
+
+
+def test_latent_methods_start_from_textcot_and_drop_its_chain(demo_dir, tmp_path):
+    """Coconut's recipe in the demo: latent and storm wait for textcot, start from its step-N
+    checkpoint, count its N steps in their budget and run the rationale curriculum."""
+    from dataclasses import replace
+
+    from stormvl.demo.pipeline import train_all
+    from stormvl.demo.presets import PRESETS
+    from stormvl.errors import UserError
+    from stormvl.training.checkpoint import read_meta
+
+    manifest = demo_dir / "data" / "train" / "manifest.jsonl"
+    preset = replace(PRESETS["test"], methods=("textcot", "latent", "storm"), steps=6, seeds=1,
+                     latent_from_textcot=3, internalize_at=(1,), stage1_fraction=0.8)
+    with pytest.raises(UserError, match="train textcot first"):
+        train_all(replace(preset, methods=("latent",)), manifest, tmp_path, print)
+    runs = train_all(preset, manifest, tmp_path, print)
+    start = tmp_path / "textcot" / "seed0" / "checkpoints" / "step-000003"
+    assert [s for s, _ in runs["latent", 0]] == [4, 5, 6]  # 3 textcot steps + 3 of its own
+    assert [s for s, _ in runs["storm", 0]] == [4, 5, 6]  # Stage I 2 steps, Stage II 1
+    meta = read_meta(runs["latent", 0][-1][1])
+    assert meta["base"] == str(start) and meta["internalize_at"] == [1] and meta["method"] == "latent"
+    assert read_meta(runs["storm", 0][1][1])["internalize_at"] == [1]  # Stage I
+    last = read_meta(runs["storm", 0][-1][1])
+    assert last["stage"] == 2 and last["internalize_at"] == []

@@ -79,8 +79,12 @@ def make_data(preset: Preset, root: Path, log: Log) -> dict[str, Path]:
 
 
 def train_config(preset: Preset, method: str, seed: int, manifest: Path, out: Path,
-                 steps: int, stage: int = 1, stage1: Path | None = None):
-    """The trainer config of one method run; every method shares the preset's budget."""
+                 steps: int, stage: int = 1, stage1: Path | None = None, init: Path | None = None):
+    """The trainer config of one method run; every method shares the preset's budget.
+
+    ``init``: a checkpoint to start from (latent / storm from textcot's) instead of a fresh
+    backbone; it then also gets the preset's rationale curriculum (Stage I for storm).
+    """
     from stormvl.config import from_dict
     from stormvl.training.config import TrainConfig
 
@@ -89,12 +93,13 @@ def train_config(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
         "out_dir": str(out),
         "seed": seed,
         # from scratch; Stage-I targets always come from a fixed encoder (REFERENCES.md 6)
-        "model": {"backbone": preset.backbone, "init_seed": seed,
+        "model": {"backbone": str(init) if init else preset.backbone, "init_seed": seed,
                   "freeze_vision": preset.freeze_vision},
         "method": {"name": method, "k": preset.k, "stage": stage,
                    "stage1_checkpoint": str(stage1) if stage1 else None,
                    "oracle_frames": max(1, preset.frames // 2),
-                   "bottleneck": preset.bottleneck and method in ("latent", "storm")},
+                   "bottleneck": preset.bottleneck and method in ("latent", "storm"),
+                   "internalize_at": list(preset.internalize_at) if init and stage == 1 else []},
         "targets": {"encoder": preset.target_encoder, "frames": preset.frames},
         "align": {"weight": preset.align_weight},
         "data": {"train": str(manifest), "split": "train", "num_workers": preset.data_workers,
@@ -137,15 +142,29 @@ def train_method(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
                  log: Log) -> list[tuple[int, Path]]:
     """Train one method; storm runs Stage I then Stage II within the same step budget.
 
+    With ``preset.latent_from_textcot`` = N, latent and storm start from textcot's step-N
+    checkpoint of the same seed (trained first by ``train_all``) and train the rest.
+
     Returns (global step, checkpoint) pairs, oldest first; the last is the final model.
     """
+    start, init = 0, None
+    if method in ("latent", "storm") and preset.latent_from_textcot:
+        from stormvl.training import checkpoint as ckpt
+
+        start = preset.latent_from_textcot
+        init = ckpt.step_dir(out.parent.parent / "textcot" / out.name, start)
+        if not (init / "stormvl.json").is_file():
+            raise UserError(f"{method} seed {seed} starts from textcot's checkpoint {init}, which "
+                            "does not exist: train textcot first (include it in --methods)")
     if method != "storm":
-        return _train_once(train_config(preset, method, seed, manifest, out, preset.steps), log)
-    s1 = max(1, int(round(preset.steps * preset.stage1_fraction)))
-    first = _train_once(train_config(preset, "storm", seed, manifest, out / "stage1", s1), log)
+        cfg = train_config(preset, method, seed, manifest, out, preset.steps - start, init=init)
+        return [(start + step, p) for step, p in _train_once(cfg, log)]
+    s1 = max(1, int(round((preset.steps - start) * preset.stage1_fraction)))
+    first = _train_once(train_config(preset, "storm", seed, manifest, out / "stage1", s1, init=init), log)
     second = _train_once(train_config(preset, "storm", seed, manifest, out / "stage2",
-                                      preset.steps - s1, stage=2, stage1=first[-1][1]), log)
-    return first + [(s1 + step, p) for step, p in second]
+                                      preset.steps - start - s1, stage=2, stage1=first[-1][1],
+                                      init=init), log)
+    return [(start + step, p) for step, p in first] + [(start + s1 + step, p) for step, p in second]
 
 
 def _init_worker(threads: int, start_method: str) -> None:
@@ -171,8 +190,12 @@ def train_all(preset: Preset, manifest: Path, out: Path,
     """
     jobs = [(m, s) for s in range(preset.seeds) for m in preset.methods]
     paths = {job: out / job[0] / f"seed{job[1]}" for job in jobs}
+    # runs that start from textcot's checkpoint go in a second wave, after textcot's
+    later = [j for j in jobs if preset.latent_from_textcot and j[0] in ("latent", "storm")]
+    waves = [[j for j in jobs if j not in later], later]
     if preset.parallel <= 1:
-        return {job: train_method(preset, *job, manifest, paths[job], log) for job in jobs}
+        done = {job: train_method(preset, *job, manifest, paths[job], log) for w in waves for job in w}
+        return {job: done[job] for job in jobs}
     import multiprocessing as mp
     import os
     from concurrent.futures import ProcessPoolExecutor
@@ -182,9 +205,12 @@ def train_all(preset: Preset, manifest: Path, out: Path,
     with ProcessPoolExecutor(preset.parallel, mp_context=mp.get_context("spawn"),
                              initializer=_init_worker,
                              initargs=(threads, mp.get_start_method())) as pool:
-        futures = {job: pool.submit(train_method, preset, *job, manifest, paths[job], print)
-                   for job in jobs}
-        return {job: f.result() for job, f in futures.items()}
+        done = {}
+        for wave in waves:
+            futures = {job: pool.submit(train_method, preset, *job, manifest, paths[job], print)
+                       for job in wave}
+            done |= {job: f.result() for job, f in futures.items()}
+        return {job: done[job] for job in jobs}
 
 
 # --- stage 3: evaluation -----------------------------------------------------------------

@@ -158,6 +158,12 @@ def report_markdown(res: dict) -> str:
              f"K = {p['k']}; {p['frames']} frames of {p['size']}x{p['size']}"
              + ("; latent and storm answer only through the latent chain (bottleneck)"
                 if p.get("bottleneck") else "") + ".", ""]
+    if p.get("latent_from_textcot"):
+        n, at = p["latent_from_textcot"], ", ".join(map(str, p.get("internalize_at") or [])) or "-"
+        lines += [f"latent and storm start from textcot's step-{n} checkpoint of the same seed (its "
+                  f"{n} steps count in their budget) and stop writing the rationale one sentence "
+                  f"at each of their steps {at}, then answer from the latents alone "
+                  "(Coconut's curriculum; storm aligns its latents throughout Stage I).", ""]
     if p["name"] != "full":
         lines += ["This is a smoke-size run: too few steps and seeds to support claims about "
                   "the method. Use `--preset full` for evidence.", ""]
