@@ -135,12 +135,19 @@ def test_method_layouts(tmp_path, ckpts, data):
 
 
 def test_textcot_scores_the_final_answer():
-    from stormvl.evaluation.model import answer_part
+    from stormvl.evaluation.model import LoadedModel, answer_part
 
     reply = "A ball moves. Cup A is empty.\nThe answer is C."
-    assert answer_part("textcot", reply) == "C."
-    assert answer_part("textcot", "no final line, B") == "no final line, B"
-    assert answer_part("latent", reply) == reply
+    assert answer_part(True, reply) == "C."
+    assert answer_part(True, "no final line, B") == "no final line, B"
+    assert answer_part(False, reply) == reply
+
+    def writes(method, step, at):
+        return LoadedModel(None, method, 2, None, 0, "p", {"step": step, "internalize_at": at}).writes_rationale
+
+    assert writes("textcot", 5, []) and not writes("latent", 5, []) and not writes("direct", 5, [])
+    # a latent checkpoint writes the chain's tail until its curriculum reaches the answer alone
+    assert writes("latent", 300, [100, 300]) and not writes("latent", 301, [100, 300])
 
 
 def test_oracle_sees_what_training_saw(tmp_path, ckpts, data):

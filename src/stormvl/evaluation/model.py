@@ -49,6 +49,16 @@ class LoadedModel:
     path: str
     meta: dict = field(default_factory=dict)
 
+    @property
+    def writes_rationale(self) -> bool:
+        """Replies are ``rationale\\nThe answer is X.``: textcot, or a latent / storm checkpoint
+        taken while its curriculum still wrote part of the chain (``method.internalize_at``)."""
+        if self.method == "textcot":
+            return True
+        at = self.meta.get("internalize_at") or []
+        # checkpoint step N was last trained at optimizer step N - 1, which wrote text if < at[-1]
+        return bool(at) and int(self.meta.get("step", 0)) <= at[-1]
+
 
 def _device(device: str | None) -> str:
     if device and device != "auto":
@@ -128,7 +138,7 @@ def generation_settings(model: LoadedModel, s: EvalSettings) -> dict:
         raise UserError(f"--k {k}: must be in [0, {model.backbone.max_latents}]")
     if s.batch_size < 1:
         raise UserError(f"--batch-size {s.batch_size}: must be >= 1")
-    tokens = s.max_new_tokens or (256 if model.method == "textcot" else 16)
+    tokens = s.max_new_tokens or (256 if model.writes_rationale else 16)
     return {"k": k, "max_new_tokens": tokens, "do_sample": s.do_sample,
             "temperature": s.temperature, "top_p": s.top_p,
             "seed": s.seed if s.do_sample else None}
@@ -137,10 +147,10 @@ def generation_settings(model: LoadedModel, s: EvalSettings) -> dict:
 _FINAL = re.compile(r"the answer is", re.IGNORECASE)
 
 
-def answer_part(method: str, text: str) -> str:
-    """The part of a reply that is scored: textcot replies are ``rationale\\nThe answer is X.``
-    (the training target), so the rationale's stray letters must not be read as the answer."""
-    if method != "textcot":
+def answer_part(writes_rationale: bool, text: str) -> str:
+    """The part of a reply that is scored: a model that writes ``rationale\\nThe answer is X.``
+    (textcot's training target) must not have the rationale's stray letters read as its answer."""
+    if not writes_rationale:
         return text
     hits = list(_FINAL.finditer(text))
     return text[hits[-1].end():].strip() if hits else text

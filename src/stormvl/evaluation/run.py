@@ -64,8 +64,8 @@ def check_settings(out: Path, key: dict, write: bool) -> None:
         write_text_atomic(path, json.dumps(key, indent=2, sort_keys=True) + "\n")
 
 
-def _row(p: Prepared, text: str, res, i: int, bsz: int, k: int, method: str) -> dict:
-    row = {"id": p.item.id, "response": answer_part(method, text),
+def _row(p: Prepared, text: str, res, i: int, bsz: int, k: int, writes: bool) -> dict:
+    row = {"id": p.item.id, "response": answer_part(writes, text),
            "latency_s": {name: round(t, 6) for name, t in res.timings.items()},
            "batch_size": bsz, "load_s": round(p.load_s, 6),
            "generated_tokens": int(res.n_generated[i]), "latent_steps": k,
@@ -123,7 +123,7 @@ def answer_items(runner: Runner, items: Sequence[EvalItem], info: Shards,
             if good:
                 res = runner.run(good)
                 for i, (p, text) in enumerate(zip(good, res.texts, strict=True)):
-                    log.write(_row(p, text, res, i, len(good), k, runner.method))
+                    log.write(_row(p, text, res, i, len(good), k, runner.model.writes_rationale))
             bar.update(len(loaded))
     bar.close()
     return failed
@@ -275,4 +275,4 @@ def answer_question(runner: Runner, video: str | Path, question: str,
     item = EvalItem("answer", "answer", video, format_question(question, list(options) or None), "")
     p = runner.prepare(item)
     res = runner.run([p])
-    return _row(p, res.texts[0], res, 0, 1, runner.gen["k"], runner.method)
+    return _row(p, res.texts[0], res, 0, 1, runner.gen["k"], runner.model.writes_rationale)

@@ -149,7 +149,7 @@ class Runner:
         sample = bool(do_sample) and temperature > 0
         out = self.run(prepared, max_new_tokens=int(max_new_tokens), do_sample=sample,
                        temperature=float(temperature) if sample else 1.0)
-        return [answer_part(self.method, t) for t in out.texts]
+        return [answer_part(self.model.writes_rationale, t) for t in out.texts]
 
     def describe(self, example_text: str = "") -> dict:
         """What makes this run's numbers reproducible (minus the per-item frame hash)."""

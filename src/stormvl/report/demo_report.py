@@ -163,7 +163,9 @@ def report_markdown(res: dict) -> str:
         lines += [f"latent and storm start from textcot's step-{n} checkpoint of the same seed (its "
                   f"{n} steps count in their budget) and stop writing the rationale one sentence "
                   f"at each of their steps {at}, then answer from the latents alone "
-                  "(Coconut's curriculum; storm aligns its latents throughout Stage I).", ""]
+                  "(Coconut's curriculum; storm aligns its latents throughout Stage I). Their "
+                  "curve points before the last of those steps score the answer the model "
+                  "writes after the chain's remaining sentences.", ""]
     if p["name"] != "full":
         lines += ["This is a smoke-size run: too few steps and seeds to support claims about "
                   "the method. Use `--preset full` for evidence.", ""]
