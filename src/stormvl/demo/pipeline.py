@@ -92,7 +92,8 @@ def train_config(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
     data = {
         "out_dir": str(out),
         "seed": seed,
-        # from scratch; Stage-I targets always come from a fixed encoder (REFERENCES.md 6)
+        # from scratch (or from textcot's checkpoint: `init`); Stage-I targets always come
+        # from a fixed encoder (REFERENCES.md 6)
         "model": {"backbone": str(init) if init else preset.backbone, "init_seed": seed,
                   "freeze_vision": preset.freeze_vision},
         "method": {"name": method, "k": preset.k, "stage": stage,
@@ -152,6 +153,9 @@ def train_method(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
         from stormvl.training import checkpoint as ckpt
 
         start = preset.latent_from_textcot
+        if start >= preset.steps:
+            raise UserError(f"preset {preset.name}: latent_from_textcot={start} leaves no steps of "
+                            f"the {preset.steps}-step budget")
         init = ckpt.step_dir(out.parent.parent / "textcot" / out.name, start)
         if not (init / "stormvl.json").is_file():
             raise UserError(f"{method} seed {seed} starts from textcot's checkpoint {init}, which "
