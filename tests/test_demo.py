@@ -190,3 +190,44 @@ def test_latent_methods_start_from_textcot_and_drop_its_chain(demo_dir, tmp_path
     assert read_meta(runs["storm", 0][1][1])["internalize_at"] == [1]  # Stage I
     last = read_meta(runs["storm", 0][-1][1])
     assert last["stage"] == 2 and last["internalize_at"] == []
+
+
+def test_training_workers_exit_when_the_demo_is_killed(tmp_path):
+    """A demo killed by pid (not Ctrl-C, which reaches the whole group) must not leave its
+    pool workers training on: they would later write into the folders of a new demo."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = tmp_path / "pool.py"
+    script.write_text(
+        "import multiprocessing as mp, os, sys, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from stormvl.demo.pipeline import _init_worker\n"
+        "if __name__ == '__main__':\n"
+        "    with ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=_init_worker,\n"
+        "                             initargs=(1, mp.get_start_method())) as pool:\n"
+        "        print(pool.submit(os.getpid).result(), flush=True)\n"
+        "        pool.submit(time.sleep, 120)\n"
+        "        time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    worker = int(proc.stdout.readline())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        stat = Path(f"/proc/{worker}/stat")
+        try:
+            os.kill(worker, 0)
+            if stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"):
+                break  # exited; only not yet reaped (a container's init may never reap it)
+        except (ProcessLookupError, FileNotFoundError):
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the pool worker outlived its killed parent")

@@ -124,6 +124,17 @@ def test_internalize_at_drops_rationale_sentences_until_the_answer_alone(tmp_pat
     assert any("must be below optim.max_steps" in m for m in bad.validate())
 
 
+def test_a_second_writer_of_a_run_folder_is_refused(tmp_path, suite):
+    from stormvl.io import exclusive_folder
+
+    cfg = tiny_config(tmp_path / "run", suite, "direct", max_steps=1)
+    # as if another process were training there
+    with exclusive_folder(tmp_path / "run", "a test"), pytest.raises(UserError, match="another process"):
+        train(cfg)
+    assert list_checkpoints(tmp_path / "run") == []
+    assert train(cfg).is_dir()  # released: the run goes ahead
+
+
 def test_kill_and_resume_reproduces_the_loss_curve(tmp_path, suite):
     kw = dict(max_steps=6, batch_size=2, grad_accum=2, every=2)
     train(tiny_config(tmp_path / "full", suite, "storm", **kw))

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from stormvl.errors import UserError
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -29,3 +33,31 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
     """``obj`` as indented JSON (numpy / torch scalars become floats), atomically."""
     return write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=float) + "\n")
+
+
+@contextmanager
+def exclusive_folder(folder: str | Path, what: str = "a job") -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` for the duration (``folder/.lock``).
+
+    Resumable jobs trust what is on disk; two processes writing the same folder (a job
+    started twice, a worker orphaned by a killed parent) would interleave checkpoints of two
+    different runs. The second one stops here instead. The lock is released when the process
+    exits, however it exits. Without ``fcntl`` (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{folder}: another process is running {what} here; wait for it "
+                            "to finish or stop it, then run again (it resumes)") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

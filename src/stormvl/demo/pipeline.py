@@ -176,11 +176,22 @@ def _init_worker(threads: int, start_method: str) -> None:
     back as the default (spawn would otherwise carry over to the DataLoader's decode
     workers, which then cannot pickle the dataset's closures)."""
     import multiprocessing as mp
+    import os
+    import threading
+    import time
 
     import torch
 
     torch.set_num_threads(threads)
     mp.set_start_method(start_method, force=True)
+    parent = os.getppid()
+
+    def exit_with_parent():  # a demo killed by pid would otherwise leave its workers training
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
 
 
 def train_all(preset: Preset, manifest: Path, out: Path,
@@ -247,13 +258,19 @@ def evaluate_checkpoint(ckpt_dir: Path, jobs: list[tuple[Path, Path]], batch: in
 
 def run_demo(preset: Preset, out: str | Path, log: Log = print) -> dict:
     """Run every stage; returns the results dict also written to ``out/results.json``."""
+    from stormvl.io import exclusive_folder
+
+    out = Path(out)
+    with exclusive_folder(out, "stormvl demo"):
+        return _run_demo(preset, out, log)
+
+
+def _run_demo(preset: Preset, out: Path, log: Log) -> dict:
     from stormvl.demo.assemble import assemble_results
     from stormvl.diagnostics.alignment import checkpoint_stage
     from stormvl.diagnostics.run import diagnose
     from stormvl.report.demo_report import write_report
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     _check_preset(out, preset)
     data = make_data(preset, out / "data", log)
     runs = train_all(preset, data["train"] / "manifest.jsonl", out / "runs", log)

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 
 from stormvl.config import save_config
 from stormvl.errors import UserError
+from stormvl.io import exclusive_folder
 from stormvl.training import checkpoint as ckpt
 from stormvl.training import fsdp
 from stormvl.training.build import Built, build_model, run_meta, save_model
@@ -512,6 +513,13 @@ def train(cfg: TrainConfig, resume: bool = False, on_step: Callable[[Run, dict],
     Raises:
         UserError: bad config / data / checkpoint; ``TrainingDiverged`` on NaN/inf.
     """
+    # one writer per run folder (rank 0 takes the lock; other ranks write only their RNG state)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    with exclusive_folder(cfg.out_dir, "training") if rank0 else nullcontext():
+        return _train(cfg, resume, on_step)
+
+
+def _train(cfg: TrainConfig, resume: bool, on_step) -> Path:
     run = setup(cfg, resume)
     acc = run.acc
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
