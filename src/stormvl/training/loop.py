@@ -74,13 +74,10 @@ def target_text(method: str, sample, dropped: int | None = None) -> str:
     ``dropped`` (latent curriculum): the rationale's sentences after the first ``dropped``
     come before the answer, as textcot writes them; None or all dropped = the letter alone.
     """
-    if method == "textcot":
-        return f"{sample.rationale.strip()}\nThe answer is {sample.answer}."
-    if dropped is not None:
-        tail = rationale_sentences(sample.rationale or "")[dropped:]
-        if tail:
-            return f"{' '.join(tail)}\nThe answer is {sample.answer}."
-    return sample.answer
+    written = sample.rationale.strip() if method == "textcot" else None
+    if written is None and dropped is not None:
+        written = " ".join(rationale_sentences(sample.rationale or "")[dropped:])
+    return f"{written}\nThe answer is {sample.answer}." if written else sample.answer
 
 
 def make_prepare(bb, cfg: TrainConfig) -> Callable[[Loaded], object]:
