@@ -14,7 +14,7 @@ import torch
 
 from stormvl.config import from_dict
 from stormvl.errors import UserError
-from stormvl.training.config import METHODS, VideoConfig
+from stormvl.training.config import METHODS, MethodConfig, VideoConfig
 
 LATENT_METHODS = ("latent", "storm")
 PLAIN_MAX_VISUAL_TOKENS = 32768  # budget for checkpoints without stormvl.json
@@ -56,8 +56,9 @@ class LoadedModel:
         if self.method == "textcot":
             return True
         at = self.meta.get("internalize_at") or []
-        # checkpoint step N was last trained at optimizer step N - 1, which wrote text if < at[-1]
-        return bool(at) and int(self.meta.get("step", 0)) <= at[-1]
+        # checkpoint step N was last trained at optimizer step N - 1
+        last_trained = int(self.meta.get("step", 0)) - 1
+        return bool(at) and MethodConfig(internalize_at=at).rationale_stage(last_trained) is not None
 
 
 def _device(device: str | None) -> str:
