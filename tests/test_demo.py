@@ -94,6 +94,25 @@ def test_other_preset_in_same_folder_is_refused(demo_dir):
     assert main(["demo", "--preset", "test", "--bottleneck", "--out", str(demo_dir)]) == 2
 
 
+def test_bottleneck_option_overrides_the_preset(monkeypatch, tmp_path):
+    import stormvl.demo.pipeline as pipeline
+    from stormvl.errors import UserError
+
+    seen = []
+
+    def fake_run_demo(preset, out, log):
+        seen.append(preset.bottleneck)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(pipeline, "run_demo", fake_run_demo)
+    for args, want in (([], True), (["--no-bottleneck"], False), (["--bottleneck"], True)):
+        assert main(["demo", "--preset", "full", "--out", str(tmp_path), *args]) == 2
+        assert seen.pop() is want, args
+    for args, want in (([], False), (["--bottleneck"], True)):
+        assert main(["demo", "--preset", "quick", "--out", str(tmp_path), *args]) == 2
+        assert seen.pop() is want, args
+
+
 def test_a_folder_from_before_a_new_setting_still_resumes(demo_dir, tmp_path):
     from dataclasses import replace
 

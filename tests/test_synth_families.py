@@ -8,7 +8,7 @@ import pytest
 
 from stormvl.data.manifest import LETTERS, Sample
 from stormvl.errors import UserError
-from stormvl.synth import FAMILIES, generate, regenerate
+from stormvl.synth import FAMILIES, generate, regenerate, scene
 from stormvl.synth.base import LEVELS
 
 FAMS = list(FAMILIES)
@@ -80,6 +80,17 @@ def test_thought_differs_where_state_is_hidden(family):
             assert differ.sum() >= 4, (family, level, differ)
             hidden = [s.get("hidden") or (s.get("visible") is False) for s in it.state]
             assert all(d for d, h in zip(differ, hidden, strict=True) if h)
+
+
+def test_shell_game_ball_shows_only_while_the_cups_are_raised():
+    # the input video shows the ball only before the cups come down (else the last frame answers)
+    red = np.array(scene.PALETTE["red"])
+    for size in (32, 48, 64):
+        for level in LEVELS:
+            for split in ("train", "ood"):
+                it = generate("shell_game", 1, seed=5, split=split, difficulty=level, frames=16, size=size)
+                shown = (np.abs(it.video.astype(int) - red).sum(-1) < 60).any(axis=(1, 2))  # (T,)
+                assert shown.tolist() == [s["visible"] for s in it.state], (size, level, split)
 
 
 @pytest.mark.parametrize("family", FAMS)

@@ -292,7 +292,9 @@ def demo(
     parallel: int = typer.Option(
         None, help="training runs at once, the cores split between them (default: the preset's)"),
     bottleneck: bool = typer.Option(
-        False, help="latent and storm answer only through the latent chain (method.bottleneck)"),
+        None, "--bottleneck/--no-bottleneck",
+        help="latent and storm answer only through the latent chain (method.bottleneck; "
+             "default: the preset's, on for full)"),
 ) -> None:
     """The whole method end to end on the built-in suite, with a report."""
     from stormvl.demo.pipeline import run_demo
@@ -307,7 +309,7 @@ def demo(
         raise UserError("--parallel must be >= 1")
     chosen = PRESETS[preset].with_seeds(seeds).with_methods(methods)
     chosen = chosen if parallel is None else dataclasses.replace(chosen, parallel=parallel)
-    chosen = dataclasses.replace(chosen, bottleneck=True) if bottleneck else chosen
+    chosen = chosen if bottleneck is None else dataclasses.replace(chosen, bottleneck=bottleneck)
     results = run_demo(chosen, out, log=lambda m: print(m, flush=True))
     print(headline(results))
     print(f"report: {out / 'report.md'}  page: {out / 'index.html'}")

@@ -46,7 +46,7 @@ class Preset:
     target_encoder: str = "random_projection"  # storm targets: random_projection | backbone
     stage1_fraction: float = 0.5  # storm: share of the step budget spent in Stage I
     align_weight: float = 1.0  # storm Stage I lambda
-    bottleneck: bool = False  # latent / storm answer only through the latent chain (--bottleneck)
+    bottleneck: bool = False  # latent / storm answer only through the latent chain (--[no-]bottleneck)
     # Coconut's recipe for latent and storm: start from this seed's textcot checkpoint at this
     # step (its written chain is stage 0, counted in their budget: they train `steps` minus
     # it), then stop writing the rationale one sentence per `internalize_at` step (steps of
@@ -95,5 +95,8 @@ PRESETS: dict[str, Preset] = {
         # from scratch no latent method learned the shell game in 1,500 steps; from textcot's
         # step 1000 with the written chain dropped sentence by sentence, storm did (finding 9)
         latent_from_textcot=1000, internalize_at=(100, 200, 300), stage1_fraction=0.8,
+        # answers only through the latent chain: over 5 seeds storm 69.0 vs 61.6 without, its
+        # latents used in every seed, and Stage II no longer cost accuracy (finding 9)
+        bottleneck=True,
     ),
 }

@@ -29,7 +29,7 @@ DIFFICULTIES = (*LEVELS, "mixed")
 INTRO = "intro"
 OPTION_ORDERS = ("shuffled", "canonical")
 NUM_OPTIONS = 4
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 def _h(name: str) -> int:

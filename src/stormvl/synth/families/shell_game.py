@@ -26,6 +26,14 @@ def _swaps_to(rng, n_cups, n_swaps, start, end):
             return seq
 
 
+# ball radius as a share of a cup's half width. At 0.45 (generator version 1) the ball was a
+# 3-pixel dot on 48-pixel frames: its start slot moved the frozen tiny tower's features by
+# ~6% of their norm, and one textcot seed in five had not learned to read it after 1,000
+# steps (docs/demo.md, finding 10). At 0.9 the gap doubles and the ball still fits inside a
+# cup (the thought video shows it through the see-through cups).
+BALL_R = 0.9
+
+
 def slot_name(k: int) -> str:
     return f"the {ordinal(k + 1)} cup from the left"
 
@@ -62,7 +70,7 @@ class ShellGame(Family):
             t += dur + int(extra[k + 1])
         slot_x = S * (np.arange(n) + 1) / (n + 1)
         half_w, height = 0.36 * S / (n + 1), 0.5 * S / (n + 1) + 0.06 * S
-        base_y, ball_r = 0.58 * S, 0.45 * half_w
+        base_y, ball_r = 0.58 * S, BALL_R * half_w
         video, thought = scene.blank(T, S), scene.blank(T, S)
         state, cup_at = [], list(range(n))  # cup_at[slot] = cup id
         ball_cup = start
