@@ -243,6 +243,17 @@ def test_other_settings_into_same_out_refused(tmp_path, ckpts, data, capsys):
     assert len(read_rows(out / "predictions.jsonl")) == 4
 
 
+def test_second_evaluation_into_a_busy_out_refused(tmp_path, ckpts, data, capsys):
+    from stormvl.io import exclusive_folder
+
+    out = tmp_path / "o"
+    with exclusive_folder(out, "a test"):  # as if another evaluation were writing there
+        assert evaluate(ckpts["latent"], "synth", data["synth"], out, "--limit", "2") == 2
+    assert f"{out}: another process is running an evaluation here" in capsys.readouterr().err
+    assert not (out / "predictions.jsonl").exists()
+    assert evaluate(ckpts["latent"], "synth", data["synth"], out, "--max-new-tokens", "2", "--limit", "2") == 0
+
+
 def test_bad_inputs_exit_2(tmp_path, ckpts, data, capsys):
     synth = data["synth"]
     assert evaluate(tmp_path / "nope", "synth", synth, tmp_path / "o") == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
+from contextlib import nullcontext
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from stormvl.data.manifest import JsonlAppender, read_jsonl_tolerant
 from stormvl.errors import UserError
 from stormvl.evaluation.model import answer_part, package_versions, text_sha
 from stormvl.evaluation.runner import Prepared, Runner
-from stormvl.io import write_text_atomic
+from stormvl.io import exclusive_folder, write_text_atomic
 from stormvl.tasks.base import EvalItem
 
 
@@ -160,10 +161,8 @@ def run_eval(runner: Runner, benchmark: str, items: Sequence[EvalItem], out_dir:
 
     Raises:
         UserError: ``out_dir`` holds a run with other settings; an oracle checkpoint on a
-            benchmark without thought videos.
+            benchmark without thought videos; another evaluation is writing ``out_dir``.
     """
-    from stormvl.tasks import breakdowns
-
     barrier = barrier or (lambda: None)
     if runner.settings.limit is not None and runner.settings.limit < 1:
         raise UserError(f"--limit {runner.settings.limit}: must be >= 1")
@@ -173,6 +172,17 @@ def run_eval(runner: Runner, benchmark: str, items: Sequence[EvalItem], out_dir:
         raise UserError(f"{benchmark}: the oracle checkpoint needs a thought video per item; "
                         "only suites with thought videos (synth) can evaluate it")
     info = Shards(Path(out_dir), rank, world)
+    # one job per folder: resume trusts the shards on disk (rank 0 holds the lock; a second
+    # job's rank 0 stops, and its other ranks with it at the first barrier)
+    with exclusive_folder(info.out, "an evaluation") if rank == 0 else nullcontext():
+        return _run_eval(runner, benchmark, items, info, data, prompts_sha, barrier, progress)
+
+
+def _run_eval(runner: Runner, benchmark: str, items: list[EvalItem], info: Shards, data,
+              prompts_sha: str, barrier, progress: bool) -> dict | None:
+    from stormvl.tasks import breakdowns
+
+    rank = info.rank
     desc = runner.describe(items[0].prompt if items else "")
     key = {"benchmark": benchmark, "data": str(Path(data).resolve()) if data else "",
            "subtitles": runner.settings.subtitles,
