@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
-from contextlib import nullcontext
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
