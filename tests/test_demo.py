@@ -211,6 +211,46 @@ def test_latent_methods_start_from_textcot_and_drop_its_chain(demo_dir, tmp_path
     assert last["stage"] == 2 and last["internalize_at"] == []
 
 
+def test_runs_start_longest_first_and_wait_only_for_their_own_textcot():
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from dataclasses import replace
+
+    from stormvl.demo.pipeline import job_order, run_jobs
+    from stormvl.demo.presets import PRESETS
+
+    preset = replace(PRESETS["full"], seeds=2)
+    jobs, needs = job_order(preset)
+    assert jobs[:2] == [("textcot", 0), ("textcot", 1)] and set(jobs[-4:]) == {
+        ("latent", 0), ("storm", 0), ("latent", 1), ("storm", 1)}
+    assert needs == {(m, s): ("textcot", s) for m in ("latent", "storm") for s in (0, 1)}
+    assert job_order(replace(preset, latent_from_textcot=0))[1] == {}
+
+    log, lock, active = [], threading.Lock(), [0]
+    length = {"textcot": 0.08, "oracle": 0.03, "direct": 0.02, "latent": 0.01, "storm": 0.01}
+
+    def fake(job):
+        with lock:
+            active[0] += 1
+            log.append(("start", job, active[0]))
+        time.sleep(length[job[0]] * (10 if job == ("textcot", 1) else 1))  # seed 1 is slow
+        with lock:
+            active[0] -= 1
+            log.append(("end", job, active[0]))
+        return job[0]
+
+    with ThreadPoolExecutor(4) as pool:  # more threads than allowed: run_jobs must cap it
+        done = run_jobs(pool, 2, jobs, needs, fake)
+    assert done == {j: j[0] for j in jobs}
+    assert max(n for kind, _, n in log if kind == "start") == 2
+    at = {(kind, job): i for i, (kind, job, _) in enumerate(log)}
+    for job, need in needs.items():
+        assert at["start", job] > at["end", need]
+    # seed 0's latent and storm did not wait for seed 1's slow textcot
+    assert at["start", ("storm", 0)] < at["end", ("textcot", 1)]
+
+
 def test_training_workers_exit_when_the_demo_is_killed(tmp_path):
     """A demo killed by pid (not Ctrl-C, which reaches the whole group) must not leave its
     pool workers training on: they would later write into the folders of a new demo."""

@@ -18,13 +18,16 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
+from concurrent.futures import Executor
+from functools import partial
 from pathlib import Path
 
-from stormvl.demo.presets import Preset
+from stormvl.demo.presets import METHODS, Preset
 from stormvl.errors import UserError
 from stormvl.io import write_json_atomic
 
 Log = Callable[[str], None]
+Job = tuple[str, int]  # (method, seed)
 
 
 # settings that never change a run's numbers: how fast the demo goes, and how many runs it
@@ -194,8 +197,45 @@ def _init_worker(threads: int, start_method: str) -> None:
     threading.Thread(target=exit_with_parent, daemon=True).start()
 
 
+def job_order(preset: Preset) -> tuple[list[Job], dict[Job, Job]]:
+    """Every (method, seed) run in start order, and the run each one must wait for.
+
+    Longest first, so the two workers finish together: textcot (the longest steps, and the
+    start of latent and storm), oracle, direct, then latent and storm (their 500 steps fill
+    the gaps at the end). With ``latent_from_textcot`` latent and storm of a seed wait for
+    that seed's textcot only.
+    """
+    rank = {"textcot": 0, "oracle": 1, "direct": 2, "latent": 3, "storm": 3}
+    jobs = sorted(((m, s) for s in range(preset.seeds) for m in preset.methods),
+                  key=lambda j: (rank[j[0]], j[1]))
+    needs = {}
+    if preset.latent_from_textcot and "textcot" in preset.methods:
+        needs = {j: ("textcot", j[1]) for j in jobs if j[0] in ("latent", "storm")}
+    return jobs, needs
+
+
+def run_jobs(pool: Executor, parallel: int, jobs: list[Job], needs: dict[Job, Job],
+             fn: Callable[[Job], object]) -> dict[Job, object]:
+    """Run ``fn(job)`` for every job on ``pool``, at most ``parallel`` at once, in ``jobs``
+    order except that a job starts only after the one it ``needs`` has finished."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    pending, running, done = list(jobs), {}, {}
+    while pending or running:
+        ready = [j for j in pending if needs.get(j) is None or needs[j] in done]
+        for job in ready[: max(0, parallel - len(running))]:
+            pending.remove(job)
+            running[pool.submit(fn, job)] = job
+        if not running:
+            raise RuntimeError(f"runs wait for runs that never start: {pending}")
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            done[running.pop(future)] = future.result()  # a failed run stops the demo
+    return done
+
+
 def train_all(preset: Preset, manifest: Path, out: Path,
-              log: Log) -> dict[tuple[str, int], list[tuple[int, Path]]]:
+              log: Log) -> dict[Job, list[tuple[int, Path]]]:
     """Train every (method, seed) run, ``preset.parallel`` at a time.
 
     Why processes: the tiny model's ops are too small to use two cores well, so two runs
@@ -203,29 +243,28 @@ def train_all(preset: Preset, manifest: Path, out: Path,
     run writes only its own folder and resumes on its own, so parallel and serial give the
     same layout.
     """
-    jobs = [(m, s) for s in range(preset.seeds) for m in preset.methods]
-    paths = {job: out / job[0] / f"seed{job[1]}" for job in jobs}
-    # runs that start from textcot's checkpoint go in a second wave, after textcot's
-    later = [j for j in jobs if preset.latent_from_textcot and j[0] in ("latent", "storm")]
-    waves = [[j for j in jobs if j not in later], later]
-    if preset.parallel <= 1:
-        done = {job: train_method(preset, *job, manifest, paths[job], log) for w in waves for job in w}
-        return {job: done[job] for job in jobs}
-    import multiprocessing as mp
-    import os
-    from concurrent.futures import ProcessPoolExecutor
+    jobs, needs = job_order(preset)
+    if preset.parallel <= 1:  # job_order puts textcot before its dependents
+        done = {job: _train_job(preset, manifest, out, log, job) for job in jobs}
+    else:
+        import multiprocessing as mp
+        import os
+        from concurrent.futures import ProcessPoolExecutor
 
-    threads = max(1, (os.cpu_count() or 1) // preset.parallel)
-    log(f"[train] {len(jobs)} runs, {preset.parallel} at a time, {threads} thread(s) each")
-    with ProcessPoolExecutor(preset.parallel, mp_context=mp.get_context("spawn"),
-                             initializer=_init_worker,
-                             initargs=(threads, mp.get_start_method())) as pool:
-        done = {}
-        for wave in waves:
-            futures = {job: pool.submit(train_method, preset, *job, manifest, paths[job], print)
-                       for job in wave}
-            done |= {job: f.result() for job, f in futures.items()}
-        return {job: done[job] for job in jobs}
+        threads = max(1, (os.cpu_count() or 1) // preset.parallel)
+        log(f"[train] {len(jobs)} runs, {preset.parallel} at a time, {threads} thread(s) each")
+        with ProcessPoolExecutor(preset.parallel, mp_context=mp.get_context("spawn"),
+                                 initializer=_init_worker,
+                                 initargs=(threads, mp.get_start_method())) as pool:
+            fn = partial(_train_job, preset, manifest, out, print)  # picklable, unlike `log`
+            done = run_jobs(pool, preset.parallel, jobs, needs, fn)
+    return {job: done[job] for job in sorted(jobs, key=lambda j: (j[1], METHODS.index(j[0])))}
+
+
+def _train_job(preset: Preset, manifest: Path, out: Path, log: Log,
+               job: Job) -> list[tuple[int, Path]]:
+    method, seed = job
+    return train_method(preset, method, seed, manifest, out / method / f"seed{seed}", log)
 
 
 # --- stage 3: evaluation -----------------------------------------------------------------
