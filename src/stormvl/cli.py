@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from stormvl.errors import UserError
+from stormvl.io import quiet_libraries
 
 app = typer.Typer(
     add_completion=False,
@@ -333,20 +334,9 @@ def report(folder: Path = typer.Argument(..., help="a demo output folder with re
     print(headline(results))
 
 
-def _quiet_libraries() -> None:
-    """Our own progress bars say what runs; per-checkpoint "Loading weights" bars are noise."""
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
-    _quiet_libraries()
+    quiet_libraries()
     try:
         rc = app(args=argv, standalone_mode=False)  # Ctrl-C comes back as 130, not raised
         if isinstance(rc, int) and rc:

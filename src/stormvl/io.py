@@ -61,3 +61,17 @@ def exclusive_folder(folder: str | Path, what: str = "a job") -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def quiet_libraries() -> None:
+    """Our own progress bars say what runs; per-checkpoint "Loading weights" bars are noise.
+
+    Per process: the CLI calls it, and so does every spawned demo worker.
+    """
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from stormvl.demo.presets import METHODS, Preset
 from stormvl.errors import UserError
-from stormvl.io import write_json_atomic
+from stormvl.io import quiet_libraries, write_json_atomic
 
 Log = Callable[[str], None]
 Job = tuple[str, int]  # (method, seed)
@@ -187,6 +187,7 @@ def _init_worker(threads: int, start_method: str) -> None:
 
     torch.set_num_threads(threads)
     mp.set_start_method(start_method, force=True)
+    quiet_libraries()
     parent = os.getppid()
 
     def exit_with_parent():  # a demo killed by pid would otherwise leave its workers training
