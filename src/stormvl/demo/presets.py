@@ -95,8 +95,8 @@ PRESETS: dict[str, Preset] = {
         # from scratch no latent method learned the shell game in 1,500 steps; from textcot's
         # step 1000 with the written chain dropped sentence by sentence, storm did (finding 9)
         latent_from_textcot=1000, internalize_at=(100, 200, 300), stage1_fraction=0.8,
-        # answers only through the latent chain: over 5 seeds storm 69.0 vs 61.6 without, its
-        # latents used in every seed, and Stage II no longer cost accuracy (finding 9)
+        # answers only through the latent chain: over 5 seeds storm 69.0 vs 61.6 without, and
+        # its latents used in every seed (findings 9-10)
         bottleneck=True,
     ),
 }
