@@ -94,6 +94,20 @@ def test_other_preset_in_same_folder_is_refused(demo_dir):
     assert main(["demo", "--preset", "test", "--bottleneck", "--out", str(demo_dir)]) == 2
 
 
+def test_data_from_another_generator_version_is_refused(demo_dir, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(demo_dir / "data" / "train", tmp_path / "data" / "train")
+    args = json.loads((tmp_path / "data" / "train" / "synth.json").read_text())
+    (tmp_path / "data" / "train" / "synth.json").write_text(json.dumps({**args, "version": 1}))
+    manifest = (tmp_path / "data" / "train" / "manifest.jsonl").read_text()
+    assert main(["demo", "--preset", "test", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'data' / 'train'}: holds a suite this demo cannot extend (differs in: version)" in err
+    assert (tmp_path / "data" / "train" / "manifest.jsonl").read_text() == manifest  # untouched
+    assert not (tmp_path / "runs").exists()
+
+
 def test_bottleneck_option_overrides_the_preset(monkeypatch, tmp_path):
     import stormvl.demo.pipeline as pipeline
     from stormvl.errors import UserError

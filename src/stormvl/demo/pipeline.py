@@ -62,6 +62,7 @@ def _check_preset(out: Path, preset: Preset) -> None:
 def make_data(preset: Preset, root: Path, log: Log) -> dict[str, Path]:
     """Generate the four splits (resumable: the suite builder skips finished items)."""
     from stormvl.synth import build_suite
+    from stormvl.synth.build import SuiteMismatch
 
     sizes = {"train": preset.n_train, "val": preset.n_val, "test": preset.n_test,
              "ood": preset.n_ood}
@@ -69,11 +70,16 @@ def make_data(preset: Preset, root: Path, log: Log) -> dict[str, Path]:
     for i, (split, n) in enumerate(sizes.items()):
         d = root / split
         log(f"[data] {split}: {n} questions")
-        build_suite(d, n, families=list(preset.families) or None, split=split,
-                    difficulty=preset.difficulty, frames=preset.frames, size=preset.size,
-                    seed=1000 + i, workers=preset.synth_workers, progress=False,
-                    intro=preset.intro if split == "train" else 0.0,
-                    option_order=preset.option_order)
+        try:
+            build_suite(d, n, families=list(preset.families) or None, split=split,
+                        difficulty=preset.difficulty, frames=preset.frames, size=preset.size,
+                        seed=1000 + i, workers=preset.synth_workers, progress=False,
+                        intro=preset.intro if split == "train" else 0.0,
+                        option_order=preset.option_order)
+        except SuiteMismatch as exc:  # e.g. made by an earlier generator version
+            raise UserError(f"{d}: holds a suite this demo cannot extend (differs in: "
+                            f"{', '.join(exc.differs) or 'not a suite'}); use another --out "
+                            "(`stormvl report` still rebuilds its report)") from None
         dirs[split] = d
     return dirs
 

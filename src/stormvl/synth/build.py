@@ -120,6 +120,14 @@ def validate(out_dir, n, families, split, difficulty, frames, size, seed, worker
     return SuiteArgs(n, fams, split, difficulty, frames, size, seed, float(intro), option_order)
 
 
+class SuiteMismatch(UserError):
+    """DIR holds another suite (or other files); ``differs`` names the arguments that differ."""
+
+    def __init__(self, message: str, differs: list[str]):
+        super().__init__(message)
+        self.differs = differs
+
+
 def _prepare_dir(out: Path, args: SuiteArgs, overwrite: bool) -> None:
     """Refuse a non-empty DIR of other arguments unless ``overwrite``; record the arguments."""
     want = {**asdict(args), "families": list(args.families)}
@@ -138,10 +146,10 @@ def _prepare_dir(out: Path, args: SuiteArgs, overwrite: bool) -> None:
                 shutil.rmtree(out / sub, ignore_errors=True)
         elif have != want:
             why = "was made with other arguments" if have else "is not empty"
-            raise UserError(
+            differs = [k for k in want if have.get(k) != want[k]] if have else []
+            raise SuiteMismatch(
                 f"--out {out}: {why}; use --overwrite to replace it"
-                + (f" (differs in: {', '.join(k for k in want if have.get(k) != want[k])})" if have else "")
-            )
+                + (f" (differs in: {', '.join(differs)})" if differs else ""), differs)
     out.mkdir(parents=True, exist_ok=True)
     for sub in ("videos", "thoughts"):
         (out / sub).mkdir(exist_ok=True)
