@@ -199,6 +199,20 @@ def test_bottleneck_reaches_the_latent_methods_only(tmp_path):
         assert cfg.method.bottleneck == (method in ("latent", "storm"))
 
 
+def test_stage2_learning_rate_scale_reaches_storm_stage2_only(tmp_path):
+    from dataclasses import replace
+
+    from stormvl.demo.pipeline import train_config
+    from stormvl.demo.presets import PRESETS
+
+    preset = replace(PRESETS["test"], lr=1e-3, stage2_lr_scale=0.1)
+    assert train_config(preset, "storm", 0, tmp_path / "m.jsonl", tmp_path / "s1", 4).optim.lr == 1e-3
+    stage2 = train_config(preset, "storm", 0, tmp_path / "m.jsonl", tmp_path / "s2", 4, stage=2,
+                          stage1=tmp_path / "s1")
+    assert stage2.optim.lr == pytest.approx(1e-4)
+    assert PRESETS["full"].stage2_lr_scale == 0.1 and PRESETS["quick"].stage2_lr_scale == 1.0
+
+
 def test_latent_methods_start_from_textcot_and_drop_its_chain(demo_dir, tmp_path):
     """Coconut's recipe in the demo: latent and storm wait for textcot, start from its step-N
     checkpoint, count its N steps in their budget and run the rationale curriculum."""

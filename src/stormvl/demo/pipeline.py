@@ -116,7 +116,8 @@ def train_config(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
                  "cache_decoded": True},  # many epochs over small clips
         "video": {"num_frames": preset.frames, "max_pixels": frame_pixel_bound(preset.size),
                   "min_pixels": 16 * 16},
-        "optim": {"lr": preset.lr, "max_steps": steps, "batch_size": preset.batch_size,
+        "optim": {"lr": preset.lr * (preset.stage2_lr_scale if stage == 2 else 1.0),
+                  "max_steps": steps, "batch_size": preset.batch_size,
                   "warmup_steps": max(1, steps // 10)},
         "checkpoint": {"every": every, "keep_last": preset.curve_points + 2},
         "log": {"tensorboard": False, "progress": False},

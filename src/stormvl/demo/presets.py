@@ -45,6 +45,9 @@ class Preset:
     freeze_vision: bool = True
     target_encoder: str = "random_projection"  # storm targets: random_projection | backbone
     stage1_fraction: float = 0.5  # storm: share of the step budget spent in Stage I
+    # storm: Stage II's learning rate as a share of `lr`; at the full rate answer-only Stage II
+    # undid Stage I in two seeds of five (finding 10)
+    stage2_lr_scale: float = 1.0
     align_weight: float = 1.0  # storm Stage I lambda
     bottleneck: bool = False  # latent / storm answer only through the latent chain (--[no-]bottleneck)
     # Coconut's recipe for latent and storm: start from this seed's textcot checkpoint at this
@@ -95,6 +98,7 @@ PRESETS: dict[str, Preset] = {
         # from scratch no latent method learned the shell game in 1,500 steps; from textcot's
         # step 1000 with the written chain dropped sentence by sentence, storm did (finding 9)
         latent_from_textcot=1000, internalize_at=(100, 200, 300), stage1_fraction=0.8,
+        stage2_lr_scale=0.1,
         # answers only through the latent chain: over 5 seeds storm 69.0 vs 61.6 without, and
         # its latents used in every seed (findings 9-10)
         bottleneck=True,

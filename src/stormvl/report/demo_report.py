@@ -154,7 +154,8 @@ def report_markdown(res: dict) -> str:
     p = res["preset"]
     lines = [f"# stormvl demo ({p['name']} preset)", "",
              f"Backbone {p['backbone']} trained from scratch on CPU; {res['seeds']} seed(s); "
-             f"{p['steps']} optimizer steps per method (storm: {p['stage1_fraction']:.0%} Stage I); "
+             f"{p['steps']} optimizer steps per method (storm: {p['stage1_fraction']:.0%} Stage I, "
+             f"Stage II at {p.get('stage2_lr_scale', 1.0):g} x the learning rate); "
              f"K = {p['k']}; {p['frames']} frames of {p['size']}x{p['size']}"
              + ("; latent and storm answer only through the latent chain (bottleneck)"
                 if p.get("bottleneck") else "") + ".", ""]
