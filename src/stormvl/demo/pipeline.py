@@ -77,9 +77,10 @@ def make_data(preset: Preset, root: Path, log: Log) -> dict[str, Path]:
                         intro=preset.intro if split == "train" else 0.0,
                         option_order=preset.option_order)
         except SuiteMismatch as exc:  # e.g. made by an earlier generator version
-            raise UserError(f"{d}: holds a suite this demo cannot extend (differs in: "
-                            f"{', '.join(exc.differs) or 'not a suite'}); use another --out "
-                            "(`stormvl report` still rebuilds its report)") from None
+            why = (f"holds a suite this demo cannot extend (differs in: {', '.join(exc.differs)})"
+                   if exc.differs else "is not empty and holds no suite")
+            raise UserError(f"{d}: {why}; use another --out (`stormvl report` still rebuilds "
+                            "the report of an earlier demo)") from None
         dirs[split] = d
     return dirs
 
