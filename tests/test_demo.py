@@ -238,6 +238,25 @@ def test_latent_methods_start_from_textcot_and_drop_its_chain(demo_dir, tmp_path
     last = read_meta(runs["storm", 0][-1][1])
     assert last["stage"] == 2 and last["internalize_at"] == []
 
+    # a copied tree resumes: its checkpoints find their textcot start relative to themselves
+    import shutil
+
+    moved = tmp_path.parent / (tmp_path.name + "-moved")
+    shutil.copytree(tmp_path, moved)
+    shutil.rmtree(moved / "storm" / "seed0" / "stage2")  # redo Stage II from the copied Stage I
+    shutil.rmtree(moved / "latent" / "seed0" / "checkpoints" / "step-000003")  # resume latent
+    again = train_all(preset, manifest, moved, print)
+    assert [s for s, _ in again["storm", 0]] == [4, 5, 6] and [s for s, _ in again["latent", 0]] == [4, 5, 6]
+    assert read_meta(again["storm", 0][-1][1])["base"] == str(moved / "textcot" / "seed0" / "checkpoints" / "step-000003")
+    # ... but not a different start
+    other = moved / "textcot" / "seed0" / "checkpoints" / "step-000006"
+    meta = read_meta(again["storm", 0][1][1])
+    from stormvl.training.build import same_base
+
+    assert meta["base"] == str(start)  # recorded as given, before the copy
+    assert same_base(meta, again["storm", 0][1][1], str(moved / "textcot" / "seed0" / "checkpoints" / "step-000003"))
+    assert not same_base(meta, again["storm", 0][1][1], str(other))
+
 
 def test_runs_start_longest_first_and_wait_only_for_their_own_textcot():
     import threading

@@ -6,6 +6,7 @@ Kept apart from the loop so the loop reads top to bottom and these rules are tes
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def check_stage1(cfg: TrainConfig) -> dict:
     fam = config_family(cfg)
     if fam is not None and meta.get("backbone") != fam:
         raise UserError(f"{where}: trained on backbone {meta.get('backbone')!r}, this run uses {fam!r}")
-    if meta.get("base") not in (None, cfg.model.backbone):
+    if not same_base(meta, path, cfg.model.backbone):
         raise UserError(f"{where}: trained from {meta.get('base')!r}, this run names "
                         f"model.backbone={cfg.model.backbone!r}")
     if meta.get("k") != cfg.method.k:
@@ -239,8 +240,24 @@ def copy_processor_files(base: str, out: Path) -> list[str]:
     return copied
 
 
-def run_meta(cfg: TrainConfig, step: int) -> dict:
-    """What stormvl.json records about the run beside the backbone's own fields."""
+def same_base(meta: dict, checkpoint: str | Path, backbone: str) -> bool:
+    """Whether the checkpoint at ``checkpoint`` was trained from ``backbone``: the same name,
+    or the same local folder seen from the checkpoint (a demo or run tree that was copied or
+    moved as a whole keeps its checkpoints' starts)."""
+    if meta.get("base") in (None, backbone):
+        return True
+    rel = meta.get("base_from_here")
+    return bool(rel) and Path(backbone).is_dir() and \
+        (Path(checkpoint) / rel).resolve() == Path(backbone).resolve()
+
+
+def run_meta(cfg: TrainConfig, step: int, checkpoint: Path | None = None) -> dict:
+    """What stormvl.json records about the run beside the backbone's own fields.
+
+    ``checkpoint``: where it is saved; a local base is then also recorded relative to it.
+    """
+    base = Path(cfg.model.backbone)
+    rel = os.path.relpath(base.resolve(), Path(checkpoint).resolve()) if checkpoint and base.is_dir() else None
     return {
         "method": cfg.method.name,
         "stage": cfg.method.stage if cfg.method.name == "storm" else None,
@@ -248,6 +265,7 @@ def run_meta(cfg: TrainConfig, step: int) -> dict:
         "bottleneck": cfg.method.bottleneck,
         "internalize_at": list(cfg.method.internalize_at),
         "base": cfg.model.backbone,
+        "base_from_here": rel,
         "lora": cfg.model.lora.enabled,
         "step": step,
         "video_config": to_dict(cfg.video),

@@ -40,7 +40,7 @@ from stormvl.errors import UserError
 from stormvl.io import exclusive_folder
 from stormvl.training import checkpoint as ckpt
 from stormvl.training import fsdp
-from stormvl.training.build import Built, build_model, run_meta, save_model
+from stormvl.training.build import Built, build_model, run_meta, same_base, save_model
 from stormvl.training.config import TrainConfig
 from stormvl.training.data import (
     Collated,
@@ -320,9 +320,11 @@ def _check_resume(cfg: TrainConfig, path: Path) -> None:
     """Resuming may extend a run (max_steps, logging) but not change what is trained."""
     meta = ckpt.read_meta(path)
     now = run_meta(cfg, 0)
+    if not same_base(meta, path, cfg.model.backbone):
+        raise UserError(f"--resume from {path}: it was trained with model.backbone="
+                        f"{meta.get('base')!r}, this config has {cfg.model.backbone!r}")
     for key, name in (("method", "method.name"), ("stage", "method.stage"), ("k", "method.k"),
-                      ("internalize_at", "method.internalize_at"),
-                      ("base", "model.backbone"), ("lora", "model.lora.enabled")):
+                      ("internalize_at", "method.internalize_at"), ("lora", "model.lora.enabled")):
         # (checkpoints from before a setting existed hold its default)
         if meta.get(key, [] if key == "internalize_at" else None) != now[key]:
             raise UserError(f"--resume from {path}: it was trained with {name}={meta.get(key)!r}, "
@@ -369,7 +371,7 @@ def save(run: Run) -> Path:
         optim_sd = run.optimizer.state_dict()
     if acc.is_main_process:
         ckpt.clear_partial(cfg.out_dir)
-        save_model(run.built, tmp, run_meta(cfg, step), model_sd)
+        save_model(run.built, tmp, run_meta(cfg, step, final), model_sd)
         if module.projector is not None:  # identity projectors save an empty file: "no map"
             save_file({k: v.contiguous() for k, v in proj_sd.items()}, str(tmp / ckpt.PROJECTOR))
         extra = {"target_parts": run.target_parts, "align_weight": float(module.align_weight),
