@@ -105,7 +105,7 @@ def test_data_from_another_generator_version_is_refused(demo_dir, tmp_path, caps
     err = capsys.readouterr().err
     assert f"{tmp_path / 'data' / 'train'}: holds a suite this demo cannot extend (differs in: version)" in err
     assert (tmp_path / "data" / "train" / "manifest.jsonl").read_text() == manifest  # untouched
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "demo.json").exists()
 
 
 def test_bottleneck_option_overrides_the_preset(monkeypatch, tmp_path):

@@ -37,8 +37,12 @@ EXTENT = ("seeds", "methods")
 STAGE1_DIAG = "storm (end of Stage I)"  # diagnostics row of storm's last Stage-I checkpoint
 
 
-def _check_preset(out: Path, preset: Preset) -> None:
-    """A demo folder belongs to one preset; mixing two would mix their numbers."""
+def _check_preset(out: Path, preset: Preset) -> dict:
+    """A demo folder belongs to one preset; mixing two would mix their numbers.
+
+    Returns the record to keep in ``out/demo.json`` once the data stage has accepted the
+    folder (a refused folder is left as it was).
+    """
     record = out / "demo.json"
     want = dataclasses.asdict(preset)
     want = json.loads(json.dumps(want))  # tuples -> lists, as stored
@@ -53,7 +57,7 @@ def _check_preset(out: Path, preset: Preset) -> None:
         if diff:
             raise UserError(f"{out}: holds a demo with other settings ({', '.join(diff)}); "
                             "use another --out")
-    write_json_atomic(record, want)  # the extent and speed of the latest run
+    return want  # the extent and speed of the latest run
 
 
 # --- stage 1: data -----------------------------------------------------------------------
@@ -319,8 +323,9 @@ def _run_demo(preset: Preset, out: Path, log: Log) -> dict:
     from stormvl.diagnostics.run import diagnose
     from stormvl.report.demo_report import write_report
 
-    _check_preset(out, preset)
+    record = _check_preset(out, preset)
     data = make_data(preset, out / "data", log)
+    write_json_atomic(out / "demo.json", record)
     runs = train_all(preset, data["train"] / "manifest.jsonl", out / "runs", log)
     evals, curves, diags = {}, {}, {}
     for (method, seed), ckpts in runs.items():
