@@ -40,6 +40,10 @@ def test_outputs_exist_and_parse(demo_dir):
     assert "accuracy_test.png" in images and "curves.png" in images
     for img in images:
         assert (demo_dir / img).stat().st_size > 1000, img
+    # one decoded-clip folder shared by every run, evaluation and diagnostic: each clip of
+    # each split decoded once (entries: clips at the trained frame count, and probes)
+    clips = list((demo_dir / "data" / "clips").rglob("*.npz"))
+    assert len(clips) >= sum(res["preset"][f"n_{s}"] for s in ("train", "val", "test", "ood"))
 
 
 def test_report_numbers_equal_results(demo_dir):

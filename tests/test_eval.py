@@ -182,6 +182,20 @@ def test_oracle_sees_what_training_saw(tmp_path, ckpts, data):
     for a, b in zip(got.videos, trained.videos, strict=True):
         torch.testing.assert_close(a.pixel_values, b.pixel_values, rtol=0, atol=0)
         assert a.grid_thw.tolist() == b.grid_thw.tolist()
+    # through a decoded-clip cache (EvalSettings.clip_cache): the same inputs, then no decoding
+    import stormvl.data.clip_cache as cc
+
+    cached = Runner(runner.model, EvalSettings(clip_cache=str(tmp_path / "clips")))
+    first = cached.prepare(item)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cc, "read_clip", lambda *a, **k: pytest.fail("decoded again"))
+        mp.setattr(cc, "probe", lambda *a, **k: pytest.fail("probed again"))
+        again = cached.prepare(item)
+    row = next(r for r in rows if r["id"] == item.id)
+    for p in (first, again):
+        assert p.encoded.input_ids == got.input_ids and p.thought_indices == row["thought_frame_indices"]
+        for a, b in zip(p.encoded.videos, got.videos, strict=True):
+            torch.testing.assert_close(a.pixel_values, b.pixel_values, rtol=0, atol=0)
     # no thought videos in the benchmark: refused before any work
     assert evaluate(ckpts["oracle"], "synth", data["synth"], tmp_path / "o2") == 2
 

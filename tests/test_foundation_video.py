@@ -61,3 +61,48 @@ def test_write_is_atomic_and_validates(tmp_path):
     with pytest.raises(ValueError):
         write_video(tmp_path / "odd.mp4", np.zeros((2, 31, 32, 3), np.uint8))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_clip_cache_returns_what_a_fresh_read_does_and_decodes_once(tmp_path, monkeypatch):
+    import os
+
+    import stormvl.data.clip_cache as cc
+
+    video = tmp_path / "a.mp4"
+    write_video(video, _frames(), fps=6, lossless=True)
+    reader = cc.ClipReader(tmp_path / "cache")
+    for kw in ({"num_frames": 4}, {"num_frames": 2, "start": 1.0, "end": 1.5}, {"sample_fps": 2.0}):
+        fresh, first = read_clip(video, **kw), reader.read_clip(video, **kw)
+        monkeypatch.setattr(cc, "read_clip", lambda *a, **k: pytest.fail("decoded again"))
+        again = reader.read_clip(video, **kw)  # from disk, not decoded
+        monkeypatch.undo()
+        for got in (first, again):
+            np.testing.assert_array_equal(got.frames, fresh.frames)
+            np.testing.assert_array_equal(got.indices, fresh.indices)
+            np.testing.assert_array_equal(got.timestamps, fresh.timestamps)
+            assert got.fps == fresh.fps and got.frames.dtype == np.uint8
+    assert reader.probe(video) == reader.probe(video) == probe(video)
+    assert len(list((tmp_path / "cache").rglob("*.npz"))) == 4  # 3 clips + 1 probe
+
+    # a file rewritten in place is decoded again
+    write_video(video, _frames()[::-1].copy(), fps=6, lossless=True)
+    os.utime(video, ns=(1, 1))
+    np.testing.assert_array_equal(reader.read_clip(video, num_frames=4).frames,
+                                  read_clip(video, num_frames=4).frames)
+    # a damaged entry is decoded again and rewritten
+    for entry in (tmp_path / "cache").rglob("*.npz"):
+        entry.write_bytes(b"not an npz")
+    np.testing.assert_array_equal(reader.read_clip(video, num_frames=4).frames,
+                                  read_clip(video, num_frames=4).frames)
+    # errors are the reader's own and are never cached
+    before = sorted((tmp_path / "cache").rglob("*"))
+    with pytest.raises(VideoError, match="missing.mp4: video file not found"):
+        reader.read_clip(tmp_path / "missing.mp4", num_frames=2)
+    (tmp_path / "junk.mp4").write_bytes(b"\x00junk" * 100)
+    with pytest.raises(VideoError, match="junk.mp4"):
+        reader.probe(tmp_path / "junk.mp4")
+    with pytest.raises(VideoError, match="junk.mp4"):
+        reader.read_clip(tmp_path / "junk.mp4", num_frames=2)
+    assert sorted((tmp_path / "cache").rglob("*")) == before
+    # no folder: a plain reader
+    assert cc.ClipReader().read_clip(video, num_frames=4).indices.tolist() == [1, 4, 7, 10]

@@ -211,7 +211,7 @@ def test_dataset_skips_bad_media_with_reason(tmp_path):
 
 
 def test_cache_decoded_decodes_each_clip_once(tmp_path, monkeypatch):
-    import stormvl.training.data as data_mod
+    import stormvl.data.clip_cache as data_mod
 
     _video(tmp_path / "ok.mp4", n=8, h=64, w=48)
     rows = [Sample("a", "ok.mp4", "q", ["x", "y"], "A"), Sample("b", "missing.mp4", "q", ["x", "y"], "A")]
@@ -244,6 +244,34 @@ def test_cache_decoded_decodes_each_clip_once(tmp_path, monkeypatch):
                            keep_bytes=first.frames.nbytes - 1)
     small[0], small[0]
     assert len(calls) == 2 and small.decoded == {} and small.kept_bytes == 0
+
+
+def test_clip_cache_is_shared_by_runs_and_changes_no_sample(tmp_path, monkeypatch):
+    """Two runs over one folder of decoded clips (data.clip_cache): the second decodes
+    nothing and gets the same frames, timestamps and oracle thought frames."""
+    import stormvl.data.clip_cache as cc
+    from stormvl.data.clip_cache import ClipReader
+
+    _video(tmp_path / "ok.mp4", n=8, h=64, w=48)
+    _video(tmp_path / "th.mp4", n=8, h=64, w=48)
+    write_manifest(tmp_path / "m.jsonl", [Sample("a", "ok.mp4", "q", ["x", "y"], "A",
+                                                 thought_video="th.mp4")])
+    samples, root, _ = load_samples(DataConfig(train=str(tmp_path / "m.jsonl"), split=None))
+    vc = VideoConfig(num_frames=4, max_visual_tokens=32, min_pixels=28 * 28, max_pixels=56 * 56)
+
+    def dataset(clips):
+        return VideoQADataset(samples, root, vc, lambda t, h, w, px: (t // 2) * 2, 2,
+                              oracle_frames=2, clips=clips)
+
+    plain = dataset(None)[0].features
+    first = dataset(ClipReader(tmp_path / "clips"))[0].features
+    monkeypatch.setattr(cc, "read_clip", lambda *a, **k: pytest.fail("decoded again"))
+    monkeypatch.setattr(cc, "probe", lambda *a, **k: pytest.fail("probed again"))
+    second = dataset(ClipReader(tmp_path / "clips"))[0].features
+    for got in (first, second):
+        for name in ("frames", "timestamps", "thought_frames", "thought_timestamps"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(plain, name))
+        assert got.plan == plain.plan and got.thought_plan == plain.thought_plan
 
 
 def test_sampler_variants_follow_the_rationale_curriculum_by_optimizer_step():

@@ -63,6 +63,12 @@ def _check_preset(out: Path, preset: Preset) -> dict:
 # --- stage 1: data -----------------------------------------------------------------------
 
 
+def clip_dir(split: Path) -> Path:
+    """The decoded-clip cache every run and evaluation of this demo shares (``data/clips``,
+    beside the splits): only the first reader of a clip decodes it."""
+    return split.parent / "clips"
+
+
 def make_data(preset: Preset, root: Path, log: Log) -> dict[str, Path]:
     """Generate the four splits (resumable: the suite builder skips finished items)."""
     from stormvl.synth import build_suite
@@ -118,7 +124,8 @@ def train_config(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
         "targets": {"encoder": preset.target_encoder, "frames": preset.frames},
         "align": {"weight": preset.align_weight},
         "data": {"train": str(manifest), "split": "train", "num_workers": preset.data_workers,
-                 "cache_decoded": True},  # many epochs over small clips
+                 "cache_decoded": True,  # many epochs over small clips
+                 "clip_cache": str(clip_dir(manifest.parent))},
         "video": {"num_frames": preset.frames, "max_pixels": frame_pixel_bound(preset.size),
                   "min_pixels": 16 * 16},
         "optim": {"lr": preset.lr * (preset.stage2_lr_scale if stage == 2 else 1.0),
@@ -298,8 +305,8 @@ def evaluate_checkpoint(ckpt_dir: Path, jobs: list[tuple[Path, Path]], batch: in
             results.append(json.loads(done.read_text()))
             continue
         if runner is None:
-            runner = evaluation.Runner(evaluation.load_model(ckpt_dir),
-                                     evaluation.EvalSettings(batch_size=batch))
+            settings = evaluation.EvalSettings(batch_size=batch, clip_cache=str(clip_dir(data_dir)))
+            runner = evaluation.Runner(evaluation.load_model(ckpt_dir), settings)
         items = load_benchmark("synth", data_dir)
         results.append(evaluation.run_eval(runner, "synth", items, out, data=data_dir, progress=False))
     return results
@@ -345,14 +352,15 @@ def _run_demo(preset: Preset, out: Path, log: Log) -> dict:
             log(f"[diagnostics] {method} seed {seed}")
             diags[method, seed] = diagnose(
                 ckpts, data["test"], out / "diag" / method / f"seed{seed}.json", preset,
-                alignment=method == "storm",
+                alignment=method == "storm", clip_cache=clip_dir(data["test"]),
                 figure=out / f"latents_{method}_seed{seed}.png" if seed == 0 else None)
         if method == "storm":
             # the same interventions on the end of Stage I: were the latents used while they
             # were being aligned, and did answer-only Stage II make the model drop them?
             stage1 = [(step, p) for step, p in ckpts if checkpoint_stage(p) == 1]
             diags[STAGE1_DIAG, seed] = diagnose(
-                stage1, data["test"], out / "diag" / method / f"seed{seed}_stage1.json", preset)
+                stage1, data["test"], out / "diag" / method / f"seed{seed}_stage1.json", preset,
+                clip_cache=clip_dir(data["test"]))
     results = assemble_results(preset, out, evals, curves, diags)
     write_report(results, out)
     return results

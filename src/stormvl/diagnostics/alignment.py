@@ -73,8 +73,11 @@ def _cos_per_step(pred: torch.Tensor, targets: torch.Tensor) -> list[float]:
 
 
 def alignment_report(final, ckpts, samples, root: Path, final_latents: torch.Tensor, preset,
-                     figure: Path | None = None, n_curve: int = 32) -> dict:
-    """Cosine per step through both stages, retrieval and (optionally) the picture."""
+                     figure: Path | None = None, n_curve: int = 32, settings=None) -> dict:
+    """Cosine per step through both stages, retrieval and (optionally) the picture.
+
+    ``settings``: the ``EvalSettings`` each checkpoint runs under (default: the preset's batch).
+    """
     from stormvl import evaluation
     from stormvl.diagnostics.run import collect, prepare_items
     from stormvl.tasks import load_benchmark
@@ -98,7 +101,7 @@ def alignment_report(final, ckpts, samples, root: Path, final_latents: torch.Ten
     for step, path in ckpts:
         m = final if path == ckpts[-1][1] else evaluation.load_model(path)
         proj = _projector(path, cfg1, m.backbone.hidden_size) or proj1
-        runner = evaluation.Runner(m, evaluation.EvalSettings(batch_size=preset.eval_batch))
+        runner = evaluation.Runner(m, settings or evaluation.EvalSettings(batch_size=preset.eval_batch))
         lat = collect(runner, items, prepare_items(runner, items), preset.eval_batch).latents
         stage = checkpoint_stage(path)
         out["curve"].append({"step": step, "stage": stage,

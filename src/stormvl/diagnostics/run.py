@@ -120,9 +120,10 @@ def _probe_labels(samples, n_frames: int, k: int) -> np.ndarray | None:
 
 
 def diagnose(ckpts, test_dir: Path, out_json: Path, preset, alignment: bool = False,
-             figure: Path | None = None) -> dict:
+             figure: Path | None = None, clip_cache: Path | None = None) -> dict:
     """All diagnostics of a run's final checkpoint; ``alignment``: also the Stage-I alignment
-    over its checkpoints (a storm run whose ``ckpts`` span both stages)."""
+    over its checkpoints (a storm run whose ``ckpts`` span both stages). ``clip_cache``: a
+    decoded-clip folder shared with the evaluations (``EvalSettings.clip_cache``)."""
     from stormvl import evaluation
     from stormvl.data.manifest import read_manifest
     from stormvl.diagnostics.alignment import alignment_report
@@ -131,7 +132,9 @@ def diagnose(ckpts, test_dir: Path, out_json: Path, preset, alignment: bool = Fa
     if out_json.exists():
         return json.loads(out_json.read_text())
     model = evaluation.load_model(ckpts[-1][1])
-    runner = evaluation.Runner(model, evaluation.EvalSettings(batch_size=preset.eval_batch))
+    settings = evaluation.EvalSettings(batch_size=preset.eval_batch,
+                                       clip_cache=str(clip_cache) if clip_cache else None)
+    runner = evaluation.Runner(model, settings)
     items = load_benchmark("synth", test_dir)[: preset.diag_n]
     by_id = {s.id: s for s in read_manifest(test_dir / "manifest.jsonl")}
     samples = [by_id[it.id] for it in items]
@@ -150,6 +153,6 @@ def diagnose(ckpts, test_dir: Path, out_json: Path, preset, alignment: bool = Fa
         result["probe"] = metrics.probe_accuracy(base.latents, labels)
     if alignment:
         result["alignment"] = alignment_report(model, ckpts, samples, test_dir, base.latents, preset,
-                                               figure=figure)
+                                               figure=figure, settings=settings)
     write_json_atomic(out_json, result)
     return result

@@ -35,6 +35,9 @@ class EvalSettings:
     seed: int = 0  # sampling seed (only used when do_sample)
     limit: int | None = None  # first N items only (smoke runs)
     subtitles: bool = False  # VideoMME with subtitles
+    # a folder of decoded clips shared with other evaluations of the same files (small clips;
+    # see data.clip_cache); does not change any prediction
+    clip_cache: str | None = None
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from stormvl.config import to_dict
+from stormvl.data.clip_cache import ClipReader
 from stormvl.errors import UserError
 from stormvl.evaluation.model import (
     EvalSettings,
@@ -44,12 +45,10 @@ class Prepared:
     load_s: float  # decode + preprocessing seconds
 
 
-def _source(item: EvalItem, timeout_s: float) -> tuple[int, float, int, int]:
+def _source(item: EvalItem, timeout_s: float, clips: ClipReader) -> tuple[int, float, int, int]:
     """(frames, fps, height, width) of an item's media: a video file or a frame folder."""
-    from stormvl.data.video import probe
-
     if item.frames_fps is None:
-        info = probe(item.video, timeout_s)
+        info = clips.probe(item.video, timeout_s)
         return info.num_frames, info.fps, info.height, info.width
     from PIL import Image
 
@@ -73,6 +72,7 @@ class Runner:
         # prepare() runs in decode threads; a fast tokenizer must not be entered concurrently
         # (its Rust state is borrowed per call: "Already borrowed" errors under contention)
         self._encode_lock = threading.Lock()
+        self.clips = ClipReader(settings.clip_cache)
 
     @property
     def method(self) -> str:
@@ -85,27 +85,26 @@ class Runner:
             UserError / VideoError: missing or unreadable media (the caller records it).
         """
         from stormvl.backbones import Prompt
-        from stormvl.data.video import read_clip
         from stormvl.training.data import plan_clips
         from stormvl.training.video_settings import wanted_frames, with_max_pixels
 
         t0 = time.perf_counter()
         bb, v = self.model.backbone, self.video
-        n, fps, h, w = _source(item, v.timeout_s)
+        n, fps, h, w = _source(item, v.timeout_s, self.clips)
         shapes = [(h, w, wanted_frames(v, n, fps))]
         thought = None
         if self.model.oracle_frames:
             thought = item.meta.get("thought_video")
             if not thought:
                 raise UserError(f"item {item.id}: the oracle method needs a thought video")
-            _, _, th, tw = _source(EvalItem("", "", Path(thought), "", ""), v.timeout_s)
+            _, _, th, tw = _source(EvalItem("", "", Path(thought), "", ""), v.timeout_s, self.clips)
             shapes.append((th, tw, self.model.oracle_frames))
         plans = plan_clips(shapes, v, self._count, bb.temporal_patch)
-        clip = load_clip(item, num_frames=plans[0].num_frames)
+        clip = load_clip(item, num_frames=plans[0].num_frames, clips=self.clips)
         videos = [with_max_pixels(bb, plans[0].max_pixels).preprocess_video(clip.frames, clip.timestamps)]
         t_idx = None
         if thought:
-            tclip = read_clip(thought, num_frames=plans[1].num_frames, timeout_s=v.timeout_s)
+            tclip = self.clips.read_clip(thought, num_frames=plans[1].num_frames, timeout_s=v.timeout_s)
             videos.append(with_max_pixels(bb, plans[1].max_pixels)
                           .preprocess_video(tclip.frames, tclip.timestamps))
             t_idx = [int(i) for i in tclip.indices]

@@ -205,6 +205,10 @@ class DataConfig:
     # keeping the first that fit hits as often as an LRU would, without churn)
     cache_decoded: bool = False
     cache_decoded_gb: float = 4.0
+    # a folder of decoded clips on disk, shared by every run (and evaluation) that reads the
+    # same files: only the first decodes (the demo's 25 runs over one suite). Small clips
+    # only: an entry holds the sampled uint8 frames (16 frames of 448 x 448: ~10 MB)
+    clip_cache: str | None = None
     max_bad_fraction: float = 0.05  # stop when more than this fraction of videos fail
     # difficulty mixing: sampling weight per difficulty level (empty = natural frequencies)
     difficulty_weights: dict = field(default_factory=dict)

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from stormvl.data.clip_cache import ClipReader
 from stormvl.data.manifest import Sample, read_manifest, resolve_media
-from stormvl.data.video import probe, read_clip
 from stormvl.errors import ConfigError, UserError
 from stormvl.training.config import DataConfig, VideoConfig
 from stormvl.training.importers import import_llamafactory, import_video_r1
@@ -148,6 +148,8 @@ class VideoQADataset(Dataset):
             (``data.cache_decoded``; ``prepare`` must then be deterministic, as the trainer's
             is); failures are not remembered, so a file fixed on disk is read again.
         keep_bytes: stop remembering samples once their arrays hold this many bytes.
+        clips: probes and decodes videos (``data.clip_cache``: through a disk cache shared
+            by every run reading the same files); default: no cache.
 
     An index is ``i`` or ``(i, variant)``; the variant reaches ``prepare`` as
     ``Loaded.variant`` and is part of what is remembered (a new variant starts a new cache:
@@ -167,6 +169,7 @@ class VideoQADataset(Dataset):
         oracle_frames: int = 0,
         keep_decoded: bool = False,
         keep_bytes: int = 4 << 30,
+        clips: ClipReader | None = None,
     ):
         self.samples, self.root, self.video = samples, Path(media_root), video
         self.count, self.temporal_patch = count, temporal_patch
@@ -175,13 +178,14 @@ class VideoQADataset(Dataset):
         self.decoded: dict[int, Loaded] | None = {} if keep_decoded else None
         self.keep_bytes, self.kept_bytes = keep_bytes, 0
         self.variant: int | None = None  # the variant the remembered samples were prepared for
+        self.clips = clips or ClipReader()
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def _clip(self, rel: str, sid: str, field_name: str, frames: int | None):
         path = resolve_media(self.root, rel, f"sample {sid}: {field_name}")
-        info = probe(path, self.video.timeout_s)
+        info = self.clips.probe(path, self.video.timeout_s)
         want = frames if frames is not None else wanted_frames(self.video, info.num_frames, info.fps)
         return path, info, want
 
@@ -198,7 +202,7 @@ class VideoQADataset(Dataset):
                            self.temporal_patch)
         clips = []
         for (p, _, _), plan in zip(videos, plans, strict=True):
-            clip = read_clip(p, num_frames=plan.num_frames, start=s.start if p == path else None,
+            clip = self.clips.read_clip(p, num_frames=plan.num_frames, start=s.start if p == path else None,
                              end=s.end if p == path else None, timeout_s=v.timeout_s)
             clips.append((clip, plan))
         (clip, plan), rest = clips[0], clips[1:]

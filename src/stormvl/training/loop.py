@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from stormvl.config import save_config
+from stormvl.data.clip_cache import ClipReader
 from stormvl.errors import UserError
 from stormvl.io import exclusive_folder
 from stormvl.training import checkpoint as ckpt
@@ -312,7 +313,8 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
                              make_prepare(bb, cfg), parts, cache,
                              cfg.method.oracle_frames if cfg.method.name == "oracle" else 0,
                              keep_decoded=cfg.data.cache_decoded,
-                             keep_bytes=int(cfg.data.cache_decoded_gb * (1 << 30)))
+                             keep_bytes=int(cfg.data.cache_decoded_gb * (1 << 30)),
+                             clips=ClipReader(cfg.data.clip_cache))
     return Run(cfg, acc, built, module, optimizer, scheduler, state, samples, root, dataset, parts, sharded)
 
 
