@@ -254,6 +254,30 @@ def run_jobs(pool: Executor, parallel: int, jobs: list[Job], needs: dict[Job, Jo
     return done
 
 
+def in_workers(preset: Preset, jobs: list[Job], needs: dict[Job, Job], fn: Callable[[Job], object],
+               log: Log, what: str) -> dict[Job, object]:
+    """``fn(job)`` for every job: in this process when ``preset.parallel`` <= 1 (``jobs`` must
+    then list each job after the one it needs), else ``parallel`` spawned processes with the
+    cores split between them. ``fn`` must be picklable (a module function or a partial)."""
+    if preset.parallel <= 1:
+        return {job: fn(job) for job in jobs}
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // preset.parallel)
+    log(f"[{what}] {len(jobs)} runs, {preset.parallel} at a time, {threads} thread(s) each")
+    with ProcessPoolExecutor(preset.parallel, mp_context=mp.get_context("spawn"),
+                             initializer=_init_worker,
+                             initargs=(threads, mp.get_start_method())) as pool:
+        return run_jobs(pool, preset.parallel, jobs, needs, fn)
+
+
+def by_seed(jobs) -> list[Job]:
+    """(method, seed) keys in report order: seed, then the preset's method order."""
+    return sorted(jobs, key=lambda j: (j[1], METHODS.index(j[0])))
+
+
 def train_all(preset: Preset, manifest: Path, out: Path,
               log: Log) -> dict[Job, list[tuple[int, Path]]]:
     """Train every (method, seed) run, ``preset.parallel`` at a time.
@@ -264,21 +288,9 @@ def train_all(preset: Preset, manifest: Path, out: Path,
     same layout.
     """
     jobs, needs = job_order(preset)
-    if preset.parallel <= 1:  # job_order puts textcot before its dependents
-        done = {job: _train_job(preset, manifest, out, log, job) for job in jobs}
-    else:
-        import multiprocessing as mp
-        import os
-        from concurrent.futures import ProcessPoolExecutor
-
-        threads = max(1, (os.cpu_count() or 1) // preset.parallel)
-        log(f"[train] {len(jobs)} runs, {preset.parallel} at a time, {threads} thread(s) each")
-        with ProcessPoolExecutor(preset.parallel, mp_context=mp.get_context("spawn"),
-                                 initializer=_init_worker,
-                                 initargs=(threads, mp.get_start_method())) as pool:
-            fn = partial(_train_job, preset, manifest, out, print)  # picklable, unlike `log`
-            done = run_jobs(pool, preset.parallel, jobs, needs, fn)
-    return {job: done[job] for job in sorted(jobs, key=lambda j: (j[1], METHODS.index(j[0])))}
+    fn = partial(_train_job, preset, manifest, out, print if preset.parallel > 1 else log)
+    done = in_workers(preset, jobs, needs, fn, log, "train")  # print: `log` may not pickle
+    return {job: done[job] for job in by_seed(jobs)}
 
 
 def _train_job(preset: Preset, manifest: Path, out: Path, log: Log,
@@ -312,6 +324,47 @@ def evaluate_checkpoint(ckpt_dir: Path, jobs: list[tuple[Path, Path]], batch: in
     return results
 
 
+def _eval_job(preset: Preset, data: dict[str, Path], out: Path, runs: dict, log: Log, job: Job):
+    """Score one run: every checkpoint on val (the curve), the final one on test and ood, and
+    the latent diagnostics for latent / storm.
+
+    Returns:
+        ({(method, seed, split): result}, [(step, val accuracy)], {(row, seed): diagnostics})
+    """
+    from stormvl.diagnostics.alignment import checkpoint_stage
+    from stormvl.diagnostics.run import diagnose
+
+    method, seed = job
+    ckpts = runs[job]
+    log(f"[eval] {method} seed {seed}")
+    evals, curve, diags = {}, [], {}
+    for i, (step, p) in enumerate(ckpts):
+        final = i == len(ckpts) - 1  # the final checkpoint is also scored on test and ood
+        where = {"val": out / "curves" / method / f"seed{seed}" / f"step-{step}"}
+        if final:
+            where |= {sp: out / "eval" / method / f"seed{seed}" / sp for sp in ("test", "ood")}
+        jobs = [(data[sp], d) for sp, d in where.items()]
+        scored = dict(zip(where, evaluate_checkpoint(p, jobs, preset.eval_batch), strict=True))
+        curve.append((step, scored["val"]["overall"]))
+        if final:
+            evals[method, seed, "test"], evals[method, seed, "ood"] = scored["test"], scored["ood"]
+    clips = clip_dir(data["test"])
+    if method in ("latent", "storm"):
+        log(f"[diagnostics] {method} seed {seed}")
+        diags[method, seed] = diagnose(
+            ckpts, data["test"], out / "diag" / method / f"seed{seed}.json", preset,
+            alignment=method == "storm", clip_cache=clips,
+            figure=out / f"latents_{method}_seed{seed}.png" if seed == 0 else None)
+    if method == "storm":
+        # the same interventions on the end of Stage I: were the latents used while they
+        # were being aligned, and did answer-only Stage II make the model drop them?
+        stage1 = [(step, p) for step, p in ckpts if checkpoint_stage(p) == 1]
+        diags[STAGE1_DIAG, seed] = diagnose(
+            stage1, data["test"], out / "diag" / method / f"seed{seed}_stage1.json", preset,
+            clip_cache=clips)
+    return evals, curve, diags
+
+
 # --- the whole demo ----------------------------------------------------------------------
 
 
@@ -326,41 +379,19 @@ def run_demo(preset: Preset, out: str | Path, log: Log = print) -> dict:
 
 def _run_demo(preset: Preset, out: Path, log: Log) -> dict:
     from stormvl.demo.assemble import assemble_results
-    from stormvl.diagnostics.alignment import checkpoint_stage
-    from stormvl.diagnostics.run import diagnose
     from stormvl.report.demo_report import write_report
 
     record = _check_preset(out, preset)
     data = make_data(preset, out / "data", log)
     write_json_atomic(out / "demo.json", record)
     runs = train_all(preset, data["train"] / "manifest.jsonl", out / "runs", log)
+    fn = partial(_eval_job, preset, data, out, runs, print if preset.parallel > 1 else log)
+    scored = in_workers(preset, list(runs), {}, fn, log, "eval")  # runs are independent
     evals, curves, diags = {}, {}, {}
-    for (method, seed), ckpts in runs.items():
-        log(f"[eval] {method} seed {seed}")
-        curves[method, seed] = []
-        for i, (step, p) in enumerate(ckpts):
-            final = i == len(ckpts) - 1  # the final checkpoint is also scored on test and ood
-            where = {"val": out / "curves" / method / f"seed{seed}" / f"step-{step}"}
-            if final:
-                where |= {sp: out / "eval" / method / f"seed{seed}" / sp for sp in ("test", "ood")}
-            jobs = [(data[sp], d) for sp, d in where.items()]
-            scored = dict(zip(where, evaluate_checkpoint(p, jobs, preset.eval_batch), strict=True))
-            curves[method, seed].append((step, scored["val"]["overall"]))
-            if final:
-                evals[method, seed, "test"], evals[method, seed, "ood"] = scored["test"], scored["ood"]
-        if method in ("latent", "storm"):
-            log(f"[diagnostics] {method} seed {seed}")
-            diags[method, seed] = diagnose(
-                ckpts, data["test"], out / "diag" / method / f"seed{seed}.json", preset,
-                alignment=method == "storm", clip_cache=clip_dir(data["test"]),
-                figure=out / f"latents_{method}_seed{seed}.png" if seed == 0 else None)
-        if method == "storm":
-            # the same interventions on the end of Stage I: were the latents used while they
-            # were being aligned, and did answer-only Stage II make the model drop them?
-            stage1 = [(step, p) for step, p in ckpts if checkpoint_stage(p) == 1]
-            diags[STAGE1_DIAG, seed] = diagnose(
-                stage1, data["test"], out / "diag" / method / f"seed{seed}_stage1.json", preset,
-                clip_cache=clip_dir(data["test"]))
+    for job in by_seed(scored):
+        part_evals, curves[job], part_diags = scored[job]
+        evals |= part_evals
+        diags |= part_diags
     results = assemble_results(preset, out, evals, curves, diags)
     write_report(results, out)
     return results
