@@ -57,6 +57,27 @@ def test_report_numbers_equal_results(demo_dir):
         row = next(line for line in section.splitlines() if line.startswith("| **all questions**"))
         cells = [c.strip() for c in row.strip("|").split("|")][1:]
         assert cells == [_est(res["overall"][split][m]) for m in res["methods"]]
+    # wall time: each stage once (one invocation made the folder), the total their sum
+    t = res["time"]
+    assert list(t["stages_min"]) == ["data", "train", "eval"] and t["invocations"] == 1
+    assert abs(t["total_min"] - sum(t["stages_min"].values())) < 0.02 and t["total_min"] > 0
+    section = md.split("## Wall time (minutes)")[1].split("## ")[0]
+    assert f"| **total** | {_f(t['total_min'])} |" in section
+
+
+def test_the_time_goal_is_checked_against_the_recorded_time(demo_dir):
+    from dataclasses import replace
+
+    from stormvl.demo.assemble import goals
+    from stormvl.demo.presets import PRESETS
+
+    res = json.loads((demo_dir / "results.json").read_text())
+    assert PRESETS["full"].minutes == 90 and PRESETS["quick"].minutes == 10
+    assert not any("min (wall" in g["goal"] for g in res["goals"])  # the test preset has none
+    total = res["time"]["total_min"]
+    for minutes, met in ((total * 2, True), (total / 2, False)):
+        row = [g for g in goals(res, replace(PRESETS["test"], minutes=minutes)) if "min (wall" in g["goal"]]
+        assert len(row) == 1 and row[0]["met"] is met and row[0]["value"] == total
 
 
 def test_rerun_resumes_without_retraining(demo_dir, capsys):

@@ -140,6 +140,11 @@ def goals(res: dict, preset: Preset) -> list[dict]:
     if {"storm", "textcot"} <= set(cost):
         r = cost["storm"]["total_s"] / max(1e-9, cost["textcot"]["total_s"])
         out.append(_goal("storm latency <= 0.3 x textcot latency", bool(r <= 0.3), round(r, 3)))
+    t = res.get("time")
+    if preset.minutes is not None and t:
+        out.append(_goal(f"the {preset.name} demo takes <= {preset.minutes:g} min (wall, every stage "
+                         f"and invocation recorded; {t['cores']} cores)",
+                         bool(t["total_min"] <= preset.minutes), t["total_min"]))
     for seed, d in sorted(diag.get("storm", {}).items()):
         sw = d["interventions"]["swap"]["answer_change"]
         out.append(_goal(f"storm seed {seed} latents used: swap changes >= 30% of answers",
@@ -180,5 +185,22 @@ def assemble_results(preset: Preset, out: Path, evals: dict, curves: dict, diags
     res["diagnostics"] = {}
     for (m, s), d in diags.items():
         res["diagnostics"].setdefault(m, {})[str(s)] = d
+    res["time"] = time_spent(out)
     res["goals"] = goals(res, preset)
     return res
+
+
+def time_spent(out: Path) -> dict | None:
+    """Wall minutes per stage summed over the invocations recorded in ``out/timing.jsonl``."""
+    from stormvl.data.manifest import read_jsonl_tolerant
+    from stormvl.demo.pipeline import TIMING
+
+    rows = read_jsonl_tolerant(out / TIMING)
+    if not rows:
+        return None
+    per = {}
+    for r in rows:
+        per[r["stage"]] = per.get(r["stage"], 0.0) + r["s"] / 60
+    return {"stages_min": {k: round(v, 2) for k, v in per.items()},
+            "total_min": round(sum(per.values()), 2), "invocations": sum(r["stage"] == "data" for r in rows),
+            "cores": max(r.get("cores") or 0 for r in rows)}

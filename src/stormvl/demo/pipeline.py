@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -30,11 +33,13 @@ Log = Callable[[str], None]
 Job = tuple[str, int]  # (method, seed)
 
 
-# settings that never change a run's numbers: how fast the demo goes, and how many runs it
-# holds (a folder can be extended with more seeds or methods, or reported on a subset)
-SPEED_ONLY = ("parallel", "synth_workers", "data_workers")
+# settings that never change a run's numbers: how fast the demo goes (and the time it is
+# meant to take), and how many runs it holds (a folder can be extended with more seeds or
+# methods, or reported on a subset)
+SPEED_ONLY = ("parallel", "synth_workers", "data_workers", "minutes")
 EXTENT = ("seeds", "methods")
 STAGE1_DIAG = "storm (end of Stage I)"  # diagnostics row of storm's last Stage-I checkpoint
+TIMING = "timing.jsonl"  # wall seconds per stage and invocation
 
 
 def _check_preset(out: Path, preset: Preset) -> dict:
@@ -377,16 +382,36 @@ def run_demo(preset: Preset, out: str | Path, log: Log = print) -> dict:
         return _run_demo(preset, out, log)
 
 
+@contextmanager
+def timed(out: Path, stage: str, preset: Preset):
+    """Append the wall seconds of ``stage`` to ``out/timing.jsonl`` when it ends.
+
+    The report sums them over every invocation (a resumed demo adds what it did); a stage
+    that was killed or failed records nothing.
+    """
+    from stormvl.data.manifest import JsonlAppender
+
+    t0 = time.time()
+    yield
+    with JsonlAppender(out / TIMING) as log:
+        log.write({"stage": stage, "s": round(time.time() - t0, 1), "cores": os.cpu_count(),
+                   "parallel": preset.parallel, "seeds": preset.seeds, "methods": list(preset.methods),
+                   "ended": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
 def _run_demo(preset: Preset, out: Path, log: Log) -> dict:
     from stormvl.demo.assemble import assemble_results
     from stormvl.report.demo_report import write_report
 
     record = _check_preset(out, preset)
-    data = make_data(preset, out / "data", log)
+    with timed(out, "data", preset):
+        data = make_data(preset, out / "data", log)
     write_json_atomic(out / "demo.json", record)
-    runs = train_all(preset, data["train"] / "manifest.jsonl", out / "runs", log)
+    with timed(out, "train", preset):
+        runs = train_all(preset, data["train"] / "manifest.jsonl", out / "runs", log)
     fn = partial(_eval_job, preset, data, out, runs, print if preset.parallel > 1 else log)
-    scored = in_workers(preset, list(runs), {}, fn, log, "eval")  # runs are independent
+    with timed(out, "eval", preset):
+        scored = in_workers(preset, list(runs), {}, fn, log, "eval")  # runs are independent
     evals, curves, diags = {}, {}, {}
     for job in by_seed(scored):
         part_evals, curves[job], part_diags = scored[job]

@@ -64,6 +64,8 @@ class Preset:
     data_workers: int = 1  # DataLoader decode workers (overlap video decoding with compute)
     parallel: int = 1  # training runs at once (processes; the cores are split between them)
     methods: tuple[str, ...] = field(default=METHODS)
+    # the wall-time goal of the whole demo on 2 cores (the report checks it), None = none
+    minutes: float | None = None
 
     def with_seeds(self, seeds: int | None) -> Preset:
         return self if seeds is None else replace(self, seeds=seeds)
@@ -87,14 +89,14 @@ PRESETS: dict[str, Preset] = {
         k=2, curve_points=2, eval_batch=8, diag_n=16, synth_workers=1, data_workers=0,
     ),
     # a smoke run of every family: far too short to learn (see docs/demo.md)
-    "quick": Preset(name="quick", steps=120, n_val=64, curve_points=2, parallel=2),
+    "quick": Preset(name="quick", steps=120, n_val=64, curve_points=2, parallel=2, minutes=10),
     # the evidence run: one family at the level and budget where methods first separated (4
     # cups, 1,500 steps of 32 questions, docs/demo.md), 5 seeds for paired gains; hours on 2
     # cores, see the docs
     "full": Preset(
         name="full", families=("shell_game",), difficulty="easy", n_train=4000, n_val=96,
         n_test=400, n_ood=200,
-        steps=1500, batch_size=32, curve_points=3, diag_n=200, seeds=5, parallel=2,
+        steps=1500, batch_size=32, curve_points=3, diag_n=200, seeds=5, parallel=2, minutes=90,
         # from scratch no latent method learned the shell game in 1,500 steps; from textcot's
         # step 1000 with the written chain dropped sentence by sentence, storm did (finding 9)
         latent_from_textcot=1000, internalize_at=(100, 200, 300), stage1_fraction=0.8,

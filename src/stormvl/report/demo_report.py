@@ -67,6 +67,17 @@ def _cost_section(res: dict) -> list[str]:
             "a video-generation model costs far more).", ""]
 
 
+def _time_section(res: dict) -> list[str]:
+    t = res.get("time")
+    if not t:
+        return []
+    rows = [[stage, _f(m)] for stage, m in t["stages_min"].items()] + [["**total**", _f(t["total_min"])]]
+    return ["## Wall time (minutes)", "",
+            md_table(["stage", "minutes"], rows), "",
+            f"Summed over the {t['invocations']} invocation(s) recorded in timing.jsonl on "
+            f"{t['cores']} cores; a stage that was killed before it ended is not counted.", ""]
+
+
 def _diag_section(res: dict) -> list[str]:
     lines = ["## Latent diagnostics (test questions)", ""]
     header = ["method", "seed", "acc", "diversity cos", "swap: answers changed", "swap: follows donor",
@@ -171,7 +182,7 @@ def report_markdown(res: dict) -> str:
         lines += ["This is a smoke-size run: too few steps and seeds to support claims about "
                   "the method. Use `--preset full` for evidence.", ""]
     lines += _acc_section(res, "test") + _acc_section(res, "ood")
-    lines += _cost_section(res) + _diag_section(res) + _goals_section(res)
+    lines += _cost_section(res) + _time_section(res) + _diag_section(res) + _goals_section(res)
     return "\n".join(lines) + "\n"
 
 
