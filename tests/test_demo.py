@@ -44,6 +44,12 @@ def test_outputs_exist_and_parse(demo_dir):
     # each split decoded once (entries: clips at the trained frame count, and probes)
     clips = list((demo_dir / "data" / "clips").rglob("*.npz"))
     assert len(clips) >= sum(res["preset"][f"n_{s}"] for s in ("train", "val", "test", "ood"))
+    # storm's Stage-I targets in one shared cache too (a per-run cache would rebuild them):
+    # the training split's, and the test questions' of the alignment diagnostics
+    p = res["preset"]
+    assert len(list((demo_dir / "data" / "targets").rglob("*.safetensors"))) == \
+        p["n_train"] + min(p["diag_n"], p["n_test"])
+    assert not list((demo_dir / "runs").rglob("target_cache"))
 
 
 def test_report_numbers_equal_results(demo_dir):
@@ -264,7 +270,7 @@ def test_stage2_learning_rate_scale_reaches_storm_stage2_only(tmp_path):
     assert PRESETS["full"].stage2_lr_scale == 0.1 and PRESETS["quick"].stage2_lr_scale == 1.0
 
 
-def test_latent_methods_start_from_textcot_and_drop_its_chain(demo_dir, tmp_path):
+def test_latent_methods_start_from_textcot_and_drop_its_chain(demo_dir, tmp_path, capsys):
     """Coconut's recipe in the demo: latent and storm wait for textcot, start from its step-N
     checkpoint, count its N steps in their budget and run the rationale curriculum."""
     from dataclasses import replace
@@ -279,7 +285,10 @@ def test_latent_methods_start_from_textcot_and_drop_its_chain(demo_dir, tmp_path
                      latent_from_textcot=3, internalize_at=(1,), stage1_fraction=0.8)
     with pytest.raises(UserError, match="train textcot first"):
         train_all(replace(preset, methods=("latent",)), manifest, tmp_path, print)
+    capsys.readouterr()
     runs = train_all(preset, manifest, tmp_path, print)
+    # Stage-I targets come from the demo folder's shared cache, filled by the fixture's storm
+    assert "targets (random_projection): 0 built, 24 cached" in capsys.readouterr().out
     start = tmp_path / "textcot" / "seed0" / "checkpoints" / "step-000003"
     assert [s for s, _ in runs["latent", 0]] == [4, 5, 6]  # 3 textcot steps + 3 of its own
     assert [s for s, _ in runs["storm", 0]] == [4, 5, 6]  # Stage I 2 steps, Stage II 1

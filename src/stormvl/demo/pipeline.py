@@ -68,10 +68,12 @@ def _check_preset(out: Path, preset: Preset) -> dict:
 # --- stage 1: data -----------------------------------------------------------------------
 
 
-def clip_dir(split: Path) -> Path:
-    """The decoded-clip cache every run and evaluation of this demo shares (``data/clips``,
-    beside the splits): only the first reader of a clip decodes it."""
-    return split.parent / "clips"
+def shared_cache(split: Path, kind: str) -> Path:
+    """A cache every run, evaluation and diagnostic of this demo shares, beside the splits:
+    ``clips`` (decoded clips: only the first reader of a clip decodes it) or ``targets``
+    (storm's Stage-I targets: the fixed encoder is the same for every seed, so only the
+    first storm run builds them)."""
+    return split.parent / kind
 
 
 def make_data(preset: Preset, root: Path, log: Log) -> dict[str, Path]:
@@ -126,11 +128,12 @@ def train_config(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
                    "oracle_frames": max(1, preset.frames // 2),
                    "bottleneck": preset.bottleneck and method in ("latent", "storm"),
                    "internalize_at": list(preset.internalize_at) if init and stage == 1 else []},
-        "targets": {"encoder": preset.target_encoder, "frames": preset.frames},
+        "targets": {"encoder": preset.target_encoder, "frames": preset.frames,
+                    "cache_dir": str(shared_cache(manifest.parent, "targets"))},
         "align": {"weight": preset.align_weight},
         "data": {"train": str(manifest), "split": "train", "num_workers": preset.data_workers,
                  "cache_decoded": True,  # many epochs over small clips
-                 "clip_cache": str(clip_dir(manifest.parent))},
+                 "clip_cache": str(shared_cache(manifest.parent, "clips"))},
         "video": {"num_frames": preset.frames, "max_pixels": frame_pixel_bound(preset.size),
                   "min_pixels": 16 * 16},
         "optim": {"lr": preset.lr * (preset.stage2_lr_scale if stage == 2 else 1.0),
@@ -322,7 +325,8 @@ def evaluate_checkpoint(ckpt_dir: Path, jobs: list[tuple[Path, Path]], batch: in
             results.append(json.loads(done.read_text()))
             continue
         if runner is None:
-            settings = evaluation.EvalSettings(batch_size=batch, clip_cache=str(clip_dir(data_dir)))
+            settings = evaluation.EvalSettings(batch_size=batch,
+                                               clip_cache=str(shared_cache(data_dir, "clips")))
             runner = evaluation.Runner(evaluation.load_model(ckpt_dir), settings)
         items = load_benchmark("synth", data_dir)
         results.append(evaluation.run_eval(runner, "synth", items, out, data=data_dir, progress=False))
@@ -353,7 +357,7 @@ def _eval_job(preset: Preset, data: dict[str, Path], out: Path, runs: dict, log:
         curve.append((step, scored["val"]["overall"]))
         if final:
             evals[method, seed, "test"], evals[method, seed, "ood"] = scored["test"], scored["ood"]
-    clips = clip_dir(data["test"])
+    clips = shared_cache(data["test"], "clips")
     if method in ("latent", "storm"):
         log(f"[diagnostics] {method} seed {seed}")
         diags[method, seed] = diagnose(

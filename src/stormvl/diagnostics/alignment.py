@@ -46,15 +46,19 @@ def _projector(ckpt: Path, cfg, hidden: int):
 
 
 def _targets(samples, root: Path, cfg, backbone, k: int) -> tuple[torch.Tensor, object]:
-    """(N, K, D) first-vector targets of each sample, built with the run's fixed encoder."""
+    """(N, K, D) first-vector targets of each sample, built with the run's fixed encoder
+    (read from the run's ``targets.cache_dir`` when it set one that still exists, else built
+    in a temporary folder)."""
     import tempfile
 
     from stormvl.training.targets import TargetCache, build_encoder, build_targets
 
     encoder = build_encoder(cfg.targets, backbone)
-    cache = TargetCache(Path(tempfile.mkdtemp(prefix="stormvl-diag-targets-")))
-    report = build_targets(samples, root, encoder, cache, cfg.targets, k)
-    rows = [cache.get(report.parts[s.id])[:, 0] for s in samples]  # (K, D) each
+    with tempfile.TemporaryDirectory(prefix="stormvl-diag-targets-") as tmp:
+        shared = Path(cfg.targets.cache_dir or tmp)
+        cache = TargetCache(shared if shared.is_dir() else Path(tmp))
+        report = build_targets(samples, root, encoder, cache, cfg.targets, k)
+        rows = [cache.get(report.parts[s.id])[:, 0] for s in samples]  # (K, D) each
     return torch.stack(rows), encoder
 
 
