@@ -54,21 +54,14 @@ class ClipReader:
               height=info.height, exact=info.exact)
         return info
 
-    def read_clip(
-        self,
-        path: str | Path,
-        num_frames: int | None = None,
-        sample_fps: float | None = None,
-        start: float | None = None,
-        end: float | None = None,
-        max_frames: int | None = None,
-        timeout_s: float | None = 60.0,
-    ) -> Clip:
-        entry = self._entry(path, "clip", [num_frames, sample_fps, start, end, max_frames])
+    def read_clip(self, path: str | Path, timeout_s: float | None = 60.0, **sampling) -> Clip:
+        """``video.read_clip(path, **sampling)``: num_frames / sample_fps, start, end, max_frames."""
+        args = [sampling.get(k) for k in ("num_frames", "sample_fps", "start", "end", "max_frames")]
+        entry = self._entry(path, "clip", args)
         got = _load(entry)
         if got is not None:
             return Clip(got["frames"], got["indices"], got["timestamps"], float(got["fps"]))
-        clip = read_clip(path, num_frames, sample_fps, start, end, max_frames, timeout_s)
+        clip = read_clip(path, timeout_s=timeout_s, **sampling)
         _save(entry, frames=clip.frames, indices=clip.indices, timestamps=clip.timestamps,
               fps=clip.fps)
         return clip

@@ -77,8 +77,9 @@ def load_clip(
     ``clips``: decode a video file through this reader (e.g. a disk cache).
     """
     if item.frames_fps is None:
-        return (clips or ClipReader()).read_clip(item.video, num_frames, sample_fps, item.start,
-                                                 item.end, max_frames)
+        return (clips or ClipReader()).read_clip(item.video, num_frames=num_frames,
+                                                 sample_fps=sample_fps, start=item.start,
+                                                 end=item.end, max_frames=max_frames)
     return _read_frame_folder(item.video, item.frames_fps, num_frames, sample_fps,
                               item.start, item.end, max_frames)
 
