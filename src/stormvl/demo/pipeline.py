@@ -270,7 +270,6 @@ def in_workers(preset: Preset, jobs: list[Job], needs: dict[Job, Job], fn: Calla
     if preset.parallel <= 1:
         return {job: fn(job) for job in jobs}
     import multiprocessing as mp
-    import os
     from concurrent.futures import ProcessPoolExecutor
 
     threads = max(1, (os.cpu_count() or 1) // preset.parallel)
