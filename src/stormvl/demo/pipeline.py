@@ -202,13 +202,11 @@ def train_method(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
 
 
 def _init_worker(threads: int, start_method: str) -> None:
-    """A spawned training process: its share of the cores, and the parent's start method
-    back as the default (spawn would otherwise carry over to the DataLoader's decode
-    workers, which then cannot pickle the dataset's closures)."""
+    """A spawned demo process (training or evaluation): its share of the cores, and the
+    parent's start method back as the default (spawn would otherwise carry over to the
+    DataLoader's decode workers, which then cannot pickle the dataset's closures)."""
     import multiprocessing as mp
-    import os
     import threading
-    import time
 
     import torch
 
