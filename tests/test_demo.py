@@ -102,32 +102,6 @@ def test_parallel_is_a_speed_setting_a_folder_resumes_with(demo_dir):
     assert main(["demo", "--preset", "test", "--parallel", "0", "--out", str(demo_dir)]) == 2
 
 
-def test_parallel_evaluation_scores_what_serial_evaluation_did(demo_dir, tmp_path, monkeypatch, capsys):
-    """Evaluation and diagnostics of the runs in 2 spawned processes (one thread each, as
-    the serial suite runs): the same numbers, curves and diagnostics as the serial demo."""
-    import os
-    import shutil
-
-    folder = tmp_path / "copy"
-    shutil.copytree(demo_dir, folder)
-    for sub in ("eval", "curves", "diag"):
-        shutil.rmtree(folder / sub)
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    capsys.readouterr()
-    assert main(["demo", "--preset", "test", "--parallel", "2", "--out", str(folder)]) == 0
-    assert "[eval] 5 runs, 2 at a time, 1 thread(s) each" in capsys.readouterr().out
-    assert (folder / "eval" / "storm" / "seed0" / "test" / "results.json").is_file()
-    serial, parallel = (json.loads((d / "results.json").read_text()) for d in (demo_dir, folder))
-    for key in ("accuracy", "by_difficulty", "macro", "gains", "by_chain", "overall", "curves"):
-        assert parallel[key] == serial[key], key
-    for row, seeds in serial["diagnostics"].items():
-        for seed, d in seeds.items():
-            got = parallel["diagnostics"][row][seed]
-            assert got["checkpoint"] == d["checkpoint"].replace(str(demo_dir), str(folder))
-            for key in ("accuracy", "diversity", "interventions", "probe", "alignment"):
-                assert got.get(key) == d.get(key), (row, key)
-
-
 def test_parallel_training_writes_the_serial_layout(demo_dir, tmp_path):
     """Two runs trained side by side in spawned processes end where serial runs end; each
     with a decode worker of its own (the quick preset's setting)."""

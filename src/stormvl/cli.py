@@ -291,8 +291,7 @@ def demo(
         None, help="comma-separated subset of direct,textcot,latent,storm,oracle (default: all)"),
     out: Path = typer.Option(Path("runs/demo"), help="output folder (re-run to resume)"),
     parallel: int = typer.Option(
-        None, help="runs trained (then evaluated) at once, the cores split between them "
-             "(default: the preset's)"),
+        None, help="training runs at once, the cores split between them (default: the preset's)"),
     bottleneck: bool = typer.Option(
         None, "--bottleneck/--no-bottleneck",
         help="latent and storm answer only through the latent chain (method.bottleneck; "
