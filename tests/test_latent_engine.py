@@ -8,11 +8,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from stormvl.backbones import Prompt
 from stormvl.backbones.tiny import build_tiny, random_clip
+from stormvl.backbones.tower_cache import TowerCache
 from stormvl.latent import LatentModel, forward_naive, forward_train, generate, naive_rollout
 
 FAMILIES = ["qwen2_5_vl", "qwen3_vl"]
@@ -300,3 +303,67 @@ def test_bottleneck_generate_equals_naive_greedy(bottleneck):
         assert one.token_ids[0] == gen.token_ids[1]
     finally:
         bb.eos_ids = eos
+
+
+# --- the frozen tower's feature cache ------------------------------------------------------
+
+
+def _keyed(bb, seeds, mixed=False):
+    """Clips with keys; ``mixed``: of two shapes (different token counts)."""
+    out = []
+    for s in seeds:
+        odd = s % 2 or not mixed
+        frames, ts = random_clip(4 if odd else 2, 56, 56 if odd else 84, seed=s)
+        out.append(replace(bb.preprocess_video(frames, ts), key=f"clip{s}"))
+    return out
+
+
+def _batch_of(bb, videos):
+    return bb.collate([bb.encode(Prompt([v], "Where is the ball?", k=1, target="A")) for v in videos])
+
+
+def _same_context(a, b, exact=True):
+    same = torch.equal if exact else lambda x, y: torch.allclose(x, y, atol=1e-6, rtol=0)
+    assert same(a.inputs_embeds, b.inputs_embeds)
+    assert a.extras.keys() == b.extras.keys()
+    for k in a.extras:  # Qwen3-VL: DeepStack levels, row-aligned with the features
+        assert all(same(x, y) for x, y in zip(a.extras[k], b.extras[k], strict=True))
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_tower_cache_gives_the_towers_output_and_skips_seen_clips(bb, monkeypatch, mixed):
+    clips = _keyed(bb, range(5), mixed)
+    first, second = _batch_of(bb, clips[:3]), _batch_of(bb, [clips[4], clips[0], clips[2]])
+    with torch.no_grad():
+        want = [bb.prepare(first), bb.prepare(second)]
+        bb.tower_cache = TowerCache(1 << 30)
+        calls = []
+        tower = bb._vision_forward
+        monkeypatch.setattr(bb, "_vision_forward", lambda vs: calls.append([v.key for v in vs]) or tower(vs))
+        try:
+            got = [bb.prepare(first), bb.prepare(second), bb.prepare(second)]
+        finally:
+            bb.tower_cache = None
+    for g, w in zip(got, [*want, want[1]], strict=True):
+        # bit for bit when the clips share a shape (the tower computes each on its own);
+        # mixed shapes pad the tower's attention, which moves the last bits (~3e-8)
+        _same_context(g, w, exact=not mixed)
+    # the tower ran on unseen clips only: all of the first batch, then clip 4 alone, then none
+    assert calls == [["clip0", "clip1", "clip2"], ["clip4"]]
+
+
+def test_tower_cache_keeps_no_keyless_clip_and_respects_its_bound(bb, monkeypatch):
+    keyless = [replace(v, key=None) for v in _keyed(bb, [1, 2])]  # one shape: exact
+    batch = _batch_of(bb, keyless)
+    with torch.no_grad():
+        want = bb.prepare(batch)
+        for cache in (TowerCache(1 << 30), TowerCache(0)):
+            bb.tower_cache = cache
+            try:
+                _same_context(bb.prepare(batch), want)
+                keyed = _batch_of(bb, _keyed(bb, [1, 2]))
+                _same_context(bb.prepare(keyed), want)
+            finally:
+                bb.tower_cache = None
+            assert cache.bytes <= cache.max_bytes
+            assert sorted(cache.rows) == ([] if cache.max_bytes == 0 else ["clip1", "clip2"])

@@ -306,3 +306,28 @@ def test_qwen3_vl_backbone_trains_storm(tmp_path, suite):
     assert read_meta(final)["backbone"] == "qwen3_vl"
     losses = _losses(tmp_path / "q3")
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_a_frozen_tower_runs_in_the_first_epoch_only_and_changes_nothing(tmp_path, suite, monkeypatch, freeze):
+    from stormvl.backbones.qwen2_5_vl import Qwen2_5_VL
+
+    calls = []
+    tower = Qwen2_5_VL._vision_forward
+    monkeypatch.setattr(Qwen2_5_VL, "_vision_forward",
+                        lambda self, vs: calls.append(len(vs)) or tower(self, vs))
+    # the oracle: two clips a sample (its video and thought frames); 8 samples, batch 4:
+    # 6 steps = 3 epochs
+    cfg = tiny_config(tmp_path / "cached", suite, "oracle", max_steps=6, every=6)
+    cfg = replace(cfg, model=replace(cfg.model, freeze_vision=freeze))
+    plain = replace(cfg, out_dir=str(tmp_path / "plain"), data=replace(cfg.data, tower_cache_gb=0.0))
+    runs = {}
+    for c in (cfg, plain):
+        calls.clear()
+        runs[c.out_dir] = (train(c), list(calls))
+    (cached, cached_calls), (uncached, uncached_calls) = runs.values()
+    assert uncached_calls == [8] * 6  # 4 samples x 2 clips, every step
+    assert cached_calls == ([8, 8] if freeze else [8] * 6)  # a trained tower is never cached
+    assert _losses(tmp_path / "cached") == _losses(tmp_path / "plain")
+    weights = [(p / "model.safetensors").read_bytes() for p in (cached, uncached)]
+    assert weights[0] == weights[1]

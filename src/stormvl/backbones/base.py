@@ -27,6 +27,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from transformers import DynamicCache
 
+from stormvl.backbones.tower_cache import TowerCache
+
 LATENT_TOKENS = ("<|latent_start|>", "<|latent|>", "<|latent_end|>")
 DEFAULT_MAX_LATENTS = 64
 META_FILE = "stormvl.json"
@@ -65,6 +67,8 @@ class VideoInputs:
     timestamps: np.ndarray  # (T_padded,) float64 seconds of the frames used (padding repeats)
     second_per_grid: float  # temporal_patch x mean sampled-frame interval
     n_tokens: int  # placeholder tokens in the prompt = prod(grid_thw) / merge**2
+    # names the clip's content for a frozen tower's feature cache (None = never cached)
+    key: str | None = None
 
 
 @dataclass
@@ -279,6 +283,8 @@ class Backbone:
         # latent bottleneck: columns after the K latent slots (the answer) attend only to the
         # latent chain, so the video and question reach the answer only through the latents
         self.bottleneck = False
+        # set while the tower is frozen (training): its output per clip key (tower_cache.py)
+        self.tower_cache: TowerCache | None = None
         self.latent_start_id, self.latent_id, self.latent_end_id = add_latent_tokens(model, tokenizer)
         ids = tokenizer.convert_tokens_to_ids
         self.im_start_id, self.im_end_id = ids("<|im_start|>"), ids("<|im_end|>")
@@ -481,7 +487,10 @@ class Backbone:
         embeds = self.model.get_input_embeddings()(batch.input_ids)  # (B, L, D)
         extras: dict = {}
         if batch.videos:
-            feats, extras = self._vision_forward(batch.videos)  # (N, D)
+            if self.tower_cache is None:
+                feats, extras = self._vision_forward(batch.videos)  # (N, D)
+            else:
+                feats, extras = self.tower_cache.features(batch.videos, self._vision_forward, self.device)
             mask = (batch.input_ids == self.video_token_id).unsqueeze(-1)
             embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
         return Context(batch, embeds, extras)

@@ -209,6 +209,9 @@ class DataConfig:
     # same files: only the first decodes (the demo's 25 runs over one suite). Small clips
     # only: an entry holds the sampled uint8 frames (16 frames of 448 x 448: ~10 MB)
     clip_cache: str | None = None
+    # while the vision tower is frozen, keep each clip's tower output in (CPU) memory up to
+    # this many GB, so later epochs skip the tower (0 = run it every step). Not under FSDP.
+    tower_cache_gb: float = 1.0
     max_bad_fraction: float = 0.05  # stop when more than this fraction of videos fail
     # difficulty mixing: sampling weight per difficulty level (empty = natural frequencies)
     difficulty_weights: dict = field(default_factory=dict)
@@ -226,6 +229,8 @@ class DataConfig:
             out.append("data.num_workers: must be >= 0")
         if self.cache_decoded_gb < 0:
             out.append("data.cache_decoded_gb: must be >= 0")
+        if self.tower_cache_gb < 0:
+            out.append("data.tower_cache_gb: must be >= 0")
         for i, stage in enumerate(self.curriculum):
             if not isinstance(stage, dict) or set(stage) != {"until_step", "weights"}:
                 out.append(f"data.curriculum[{i}]: needs exactly until_step and weights")

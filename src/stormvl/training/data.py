@@ -117,7 +117,8 @@ class Skipped:
 
 
 def array_bytes(obj: Any) -> int:
-    """Bytes of the arrays / tensors in ``obj`` (dataclasses, lists, tuples, dicts walked)."""
+    """Bytes of the arrays / tensors in ``obj`` (dataclasses, lists, tuples, dicts walked;
+    a list is taken to be all numbers when its first item is one: token ids are not walked)."""
     if isinstance(obj, np.ndarray):
         return obj.nbytes
     if isinstance(obj, torch.Tensor):
@@ -125,6 +126,8 @@ def array_bytes(obj: Any) -> int:
     if is_dataclass(obj):
         return sum(array_bytes(getattr(obj, f.name)) for f in fields(obj))
     if isinstance(obj, (list, tuple)):
+        if not obj or isinstance(obj[0], (int, float)):
+            return 0
         return sum(array_bytes(x) for x in obj)
     if isinstance(obj, dict):
         return sum(array_bytes(x) for x in obj.values())

@@ -28,13 +28,14 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from stormvl.backbones.tower_cache import TowerCache
 from stormvl.config import save_config
 from stormvl.data.clip_cache import ClipReader
 from stormvl.errors import UserError
@@ -53,7 +54,7 @@ from stormvl.training.data import (
 )
 from stormvl.training.logging import MetricsLog
 from stormvl.training.losses import Projector, align_loss, cosine_agreement
-from stormvl.training.targets import TargetCache, build_encoder, build_targets
+from stormvl.training.targets import TargetCache, build_encoder, build_targets, vision_modules
 from stormvl.training.video_settings import backbone_counter, with_max_pixels
 
 
@@ -89,19 +90,25 @@ def make_prepare(bb, cfg: TrainConfig) -> Callable[[Loaded], object]:
     method, k = cfg.method.name, cfg.method.num_latents
 
     def prepare(x: Loaded):
-        vids = [_preprocess(bb, x.frames, x.timestamps, x.plan)]
-        if x.thought_frames is not None:
-            vids.append(_preprocess(bb, x.thought_frames, x.thought_timestamps, x.thought_plan))
         s = x.sample
+        vids = [_preprocess(bb, x.frames, x.timestamps, x.plan, (s.video, s.start, s.end))]
+        if x.thought_frames is not None:
+            vids.append(_preprocess(bb, x.thought_frames, x.thought_timestamps, x.thought_plan,
+                                    (s.thought_video, None, None)))
         return bb.encode(Prompt(videos=vids, text=format_question(s.question, s.options), k=k,
                                 target=target_text(method, s, x.variant)))
 
     return prepare
 
 
-def _preprocess(bb, frames, timestamps, plan):
-    """The adapter's own preprocessing at the planned pixel bound (budget fitted upstream)."""
-    return with_max_pixels(bb, plan.max_pixels).preprocess_video(frames, timestamps)
+def _preprocess(bb, frames, timestamps, plan, source: tuple):
+    """The adapter's own preprocessing at the planned pixel bound (budget fitted upstream).
+
+    ``source`` (file, start, end) and the plan determine the pixels: together they are the
+    clip's key in a frozen tower's feature cache.
+    """
+    vid = with_max_pixels(bb, plan.max_pixels).preprocess_video(frames, timestamps)
+    return replace(vid, key=repr((*source, plan.num_frames, plan.max_pixels)))
 
 
 # --- the module DDP wraps ------------------------------------------------------------------
@@ -308,6 +315,10 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
         state, parts = _restore(last, acc, module, optimizer, scheduler, parts, sharded)
     if not sharded:
         module, optimizer = acc.prepare(module, optimizer)
+    # FSDP excluded: a rank skipping the tower would skip its parameter all-gathers
+    if cfg.data.tower_cache_gb > 0 and not sharded and not any(
+            p.requires_grad for p in vision_modules(bb).parameters()):
+        bb.tower_cache = TowerCache(int(cfg.data.tower_cache_gb * (1 << 30)))
     cache = _cache(cfg)
     dataset = VideoQADataset(samples, root, cfg.video, backbone_counter(bb), bb.temporal_patch,
                              make_prepare(bb, cfg), parts, cache,
