@@ -101,13 +101,16 @@ def make_prepare(bb, cfg: TrainConfig) -> Callable[[Loaded], object]:
     return prepare
 
 
-def _preprocess(bb, frames, timestamps, plan, source: tuple):
+def _preprocess(bb, frames, timestamps, plan, source: tuple | None = None):
     """The adapter's own preprocessing at the planned pixel bound (budget fitted upstream).
 
     ``source`` (file, start, end) and the plan determine the pixels: together they are the
-    clip's key in a frozen tower's feature cache.
+    clip's key in a frozen tower's feature cache. Without a source the clip has no key and
+    is never cached.
     """
     vid = with_max_pixels(bb, plan.max_pixels).preprocess_video(frames, timestamps)
+    if source is None:
+        return vid
     return replace(vid, key=repr((*source, plan.num_frames, plan.max_pixels)))
 
 
