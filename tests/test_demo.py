@@ -19,7 +19,8 @@ def demo_dir(tmp_path_factory):
 def test_outputs_exist_and_parse(demo_dir):
     res = json.loads((demo_dir / "results.json").read_text())
     assert res["methods"] == ["direct", "textcot", "latent", "storm", "oracle"]
-    for split in ("test", "ood"):
+    assert res["splits"] == ["test", "ood", "ood-size", "ood-tempo"]
+    for split in res["splits"]:
         for m in res["methods"]:
             e = res["overall"][split][m]
             assert 0 <= e["lo"] <= e["mean"] <= e["hi"] <= 100 and e["n"] > 0
@@ -37,7 +38,7 @@ def test_outputs_exist_and_parse(demo_dir):
     assert res["goals"] and all(g["met"] in (True, False) for g in res["goals"])
     html = (demo_dir / "index.html").read_text()
     images = re.findall(r"<img src='([^']+)'", html)
-    assert "accuracy_test.png" in images and "curves.png" in images
+    assert {"accuracy_test.png", "accuracy_ood-size.png", "curves.png"} <= set(images)
     for img in images:
         assert (demo_dir / img).stat().st_size > 1000, img
     # one decoded-clip folder shared by every run, evaluation and diagnostic: each clip of
@@ -55,7 +56,8 @@ def test_outputs_exist_and_parse(demo_dir):
 def test_report_numbers_equal_results(demo_dir):
     res = json.loads((demo_dir / "results.json").read_text())
     md = (demo_dir / "report.md").read_text()
-    for split in ("test", "ood"):
+    assert len(res["splits"]) == 4
+    for split in res["splits"]:
         section = md.split(f"## Accuracy on {split}")[1].split("## ")[0]
         row = next(line for line in section.splitlines() if line.startswith("| **family mean**"))
         cells = [c.strip() for c in row.strip("|").split("|")][1:]
@@ -69,6 +71,37 @@ def test_report_numbers_equal_results(demo_dir):
     assert abs(t["total_min"] - sum(t["stages_min"].values())) < 0.02 and t["total_min"] > 0
     section = md.split("## Wall time (minutes)")[1].split("## ")[0]
     assert f"| **total** | {_f(t['total_min'])} |" in section
+
+
+def test_ood_shifts_hold_the_task_and_change_one_rendering_setting(demo_dir):
+    """The shifts are test-level questions (4 cups) drawn at another size or frame count;
+    the suite's own ood split holds out the layout (6 cups)."""
+    import av
+
+    from stormvl.data.manifest import read_manifest
+
+    def look(split):
+        rows = [r for r in read_manifest(demo_dir / "data" / split / "manifest.jsonl")
+                if r.family == "shell_game"]
+        with av.open(str(demo_dir / "data" / split / rows[0].video)) as c:
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        cups = {r.question.split(" cups")[0].split()[-1] for r in rows}
+        return cups, len(frames), frames[0].shape[:2]
+
+    trained, frames, shape = look("test")
+    assert trained <= {"4", "5"} and (frames, shape) == (8, (32, 32))
+    assert look("ood")[0] == {"6"}
+    cups, *render = look("ood-size")
+    assert cups <= trained and render == [8, (42, 42)]
+    cups, *render = look("ood-tempo")
+    assert cups <= trained and render == [16, (32, 32)]
+    res = json.loads((demo_dir / "results.json").read_text())
+    rows = [g for g in res["goals"] if g["goal"].startswith("storm's gain over direct holds on")]
+    assert [g["goal"].split(" holds on ")[1].split()[0] for g in rows] == res["splits"][1:]
+    for g, split in zip(rows, res["splits"][1:], strict=True):
+        assert g["value"] == [round(v, 4) for v in res["gains"][split]["storm-direct"]["per_seed"]]
+    md = (demo_dir / "report.md").read_text()
+    assert "ood-tempo: videos with twice the frames" in md.split("## Accuracy on ood-tempo")[1]
 
 
 def test_the_time_goal_is_checked_against_the_recorded_time(demo_dir):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stormvl.demo.presets import Preset
+from stormvl.demo.presets import OOD_SHIFTS, SUITE_OOD, Preset
 from stormvl.report.stats import bootstrap_accuracy, paired_gain
 
 
@@ -123,9 +123,10 @@ def goals(res: dict, preset: Preset) -> list[dict]:
                 gg = g["test"][f"storm-{other}"]
                 out.append(_goal(f"storm beats {other} by >= {need:g} points on test in every seed",
                                  bool(gg["min"] >= need), gg["per_seed"]))
-                go = g["ood"][f"storm-{other}"]
-                out.append(_goal(f"storm's gain over {other} holds on ood (> 0 in every seed)",
-                                 bool(go["min"] > 0), go["per_seed"]))
+                for split in preset.ood_splits:
+                    go = g[split][f"storm-{other}"]
+                    out.append(_goal(f"storm's gain over {other} holds on {split} (> 0 in every seed)",
+                                     bool(go["min"] > 0), go["per_seed"]))
         if "oracle" in acc["test"]:
             out.append(_goal("oracle >= storm on test", bool(res["macro"]["test"]["oracle"]
                                                             >= res["macro"]["test"]["storm"]),
@@ -163,9 +164,11 @@ def assemble_results(preset: Preset, out: Path, evals: dict, curves: dict, diags
     methods = [m for m in preset.methods if (m, 0, "test") in evals]
     seeds = preset.seeds
     res: dict = {"preset": asdict(preset), "methods": methods, "seeds": seeds}
+    res["splits"] = ["test", *preset.ood_splits]
+    res["split_notes"] = {"ood": SUITE_OOD} | {s: OOD_SHIFTS[s] for s in preset.ood_shifts}
     res["accuracy"], res["by_difficulty"], res["macro"], res["gains"] = {}, {}, {}, {}
     res["by_chain"] = {}
-    for split in ("test", "ood"):
+    for split in res["splits"]:
         table = accuracy_table(evals, methods, seeds, split, "family")
         res["accuracy"][split] = table
         res["by_difficulty"][split] = accuracy_table(evals, methods, seeds, split, "difficulty")

@@ -5,7 +5,7 @@ atomically under ``out/`` and is skipped when that output exists, so a killed de
 where it stopped (training itself resumes from its last checkpoint).
 
     out/demo.json                  the preset (a re-run with another preset is refused)
-    out/data/{train,val,test,ood}  the built-in suite
+    out/data/{train,val,test,ood}  the built-in suite (and out/data/ood-<shift>, OOD_SHIFTS)
     out/runs/<method>/seed<s>/     training runs (storm: stage1/ and stage2/)
     out/eval/<method>/seed<s>/<split>/   predictions + results per split
     out/curves/<method>/seed<s>/step-<n>/ val results of intermediate checkpoints
@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
-from stormvl.demo.presets import METHODS, Preset
+from stormvl.demo.presets import METHODS, OOD_SHIFTS, Preset, shift_render
 from stormvl.errors import UserError
 from stormvl.io import quiet_libraries, write_json_atomic
 
@@ -37,7 +37,7 @@ Job = tuple[str, int]  # (method, seed)
 # meant to take), and how many runs it holds (a folder can be extended with more seeds or
 # methods, or reported on a subset)
 SPEED_ONLY = ("parallel", "synth_workers", "data_workers", "minutes")
-EXTENT = ("seeds", "methods")
+EXTENT = ("seeds", "methods", "ood_shifts")
 STAGE1_DIAG = "storm (end of Stage I)"  # diagnostics row of storm's last Stage-I checkpoint
 TIMING = "timing.jsonl"  # wall seconds per stage and invocation
 
@@ -77,20 +77,27 @@ def shared_cache(split: Path, kind: str) -> Path:
 
 
 def make_data(preset: Preset, root: Path, log: Log) -> dict[str, Path]:
-    """Generate the four splits (resumable: the suite builder skips finished items)."""
+    """Generate the four splits and the ood shifts (resumable: the suite builder skips
+    finished items). A shift's questions are test questions (the trained level) drawn with
+    their own seed and rendered with the shift's frames and size."""
     from stormvl.synth import build_suite
     from stormvl.synth.build import SuiteMismatch
 
     sizes = {"train": preset.n_train, "val": preset.n_val, "test": preset.n_test,
              "ood": preset.n_ood}
+    jobs = [(split, split, n, 1000 + i, preset.frames, preset.size)
+            for i, (split, n) in enumerate(sizes.items())]
+    for shift in preset.ood_shifts:
+        frames, size = shift_render(preset.frames, preset.size, shift)
+        jobs.append((shift, "test", preset.n_ood, 1004 + list(OOD_SHIFTS).index(shift), frames, size))
     dirs = {}
-    for i, (split, n) in enumerate(sizes.items()):
-        d = root / split
-        log(f"[data] {split}: {n} questions")
+    for name, split, n, seed, frames, size in jobs:
+        d = root / name
+        log(f"[data] {name}: {n} questions")
         try:
             build_suite(d, n, families=list(preset.families) or None, split=split,
-                        difficulty=preset.difficulty, frames=preset.frames, size=preset.size,
-                        seed=1000 + i, workers=preset.synth_workers, progress=False,
+                        difficulty=preset.difficulty, frames=frames, size=size,
+                        seed=seed, workers=preset.synth_workers, progress=False,
                         intro=preset.intro if split == "train" else 0.0,
                         option_order=preset.option_order)
         except SuiteMismatch as exc:  # e.g. made by an earlier generator version
@@ -98,7 +105,7 @@ def make_data(preset: Preset, root: Path, log: Log) -> dict[str, Path]:
                    if exc.differs else "is not empty and holds no suite")
             raise UserError(f"{d}: {why}; use another --out (`stormvl report` still rebuilds "
                             "the report of an earlier demo)") from None
-        dirs[split] = d
+        dirs[name] = d
     return dirs
 
 
@@ -331,8 +338,8 @@ def evaluate_checkpoint(ckpt_dir: Path, jobs: list[tuple[Path, Path]], batch: in
 
 
 def _eval_job(preset: Preset, data: dict[str, Path], out: Path, runs: dict, log: Log, job: Job):
-    """Score one run: every checkpoint on val (the curve), the final one on test and ood, and
-    the latent diagnostics for latent / storm.
+    """Score one run: every checkpoint on val (the curve), the final one on test and the ood
+    splits, and the latent diagnostics for latent / storm.
 
     Returns:
         ({(method, seed, split): result}, [(step, val accuracy)], {(row, seed): diagnostics})
@@ -348,12 +355,13 @@ def _eval_job(preset: Preset, data: dict[str, Path], out: Path, runs: dict, log:
         final = i == len(ckpts) - 1  # the final checkpoint is also scored on test and ood
         where = {"val": out / "curves" / method / f"seed{seed}" / f"step-{step}"}
         if final:
-            where |= {sp: out / "eval" / method / f"seed{seed}" / sp for sp in ("test", "ood")}
+            where |= {sp: out / "eval" / method / f"seed{seed}" / sp
+                      for sp in ("test", *preset.ood_splits)}
         jobs = [(data[sp], d) for sp, d in where.items()]
         scored = dict(zip(where, evaluate_checkpoint(p, jobs, preset.eval_batch), strict=True))
-        curve.append((step, scored["val"]["overall"]))
+        curve.append((step, scored.pop("val")["overall"]))
         if final:
-            evals[method, seed, "test"], evals[method, seed, "ood"] = scored["test"], scored["ood"]
+            evals |= {(method, seed, sp): r for sp, r in scored.items()}
     clips = shared_cache(data["test"], "clips")
     if method in ("latent", "storm"):
         log(f"[diagnostics] {method} seed {seed}")

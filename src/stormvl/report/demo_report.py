@@ -27,6 +27,11 @@ def _est(e: dict | None) -> str:
     return "-" if not e else f"{_f(e['mean'])} [{_f(e['lo'])}, {_f(e['hi'])}]"
 
 
+def splits(res: dict) -> list[str]:
+    """The scored splits: test, then the ood ones (results from before the shifts: ood)."""
+    return res.get("splits", ["test", "ood"])
+
+
 def _acc_section(res: dict, split: str) -> list[str]:
     methods = res["methods"]
     table = res["accuracy"][split]
@@ -34,8 +39,10 @@ def _acc_section(res: dict, split: str) -> list[str]:
     rows = [[f] + [_est(table[m].get(f)) for m in methods] for f in fams]
     rows.append(["**all questions**"] + [_est(res["overall"][split][m]) for m in methods])
     rows.append(["**family mean**"] + [_f(res["macro"][split][m]) for m in methods])
-    lines = [f"## Accuracy on {split} (%, 95% bootstrap interval; chance {_f(res['chance'])})", "",
-             md_table(["family"] + methods, rows), ""]
+    lines = [f"## Accuracy on {split} (%, 95% bootstrap interval; chance {_f(res['chance'])})", ""]
+    note = res.get("split_notes", {}).get(split)
+    lines += [f"{split}: {note}.", ""] if note else []
+    lines += [md_table(["family"] + methods, rows), ""]
     diff = res["by_difficulty"][split]
     levels = sorted({lv for m in methods for lv in diff[m]})
     lines += [f"By difficulty ({split}):", "",
@@ -123,7 +130,7 @@ def _goals_section(res: dict) -> list[str]:
 def _plots(res: dict, out: Path) -> list[str]:
     images = []
     methods = res["methods"]
-    for split in ("test", "ood"):
+    for split in splits(res):
         table = res["accuracy"][split]
         fams = sorted({f for m in methods for f in table[m]})
         series = {m: [(table[m][f]["mean"], table[m][f]["lo"], table[m][f]["hi"]) if f in table[m]
@@ -181,17 +188,20 @@ def report_markdown(res: dict) -> str:
     if p["name"] != "full":
         lines += ["This is a smoke-size run: too few steps and seeds to support claims about "
                   "the method. Use `--preset full` for evidence.", ""]
-    lines += _acc_section(res, "test") + _acc_section(res, "ood")
+    for split in splits(res):
+        lines += _acc_section(res, split)
     lines += _cost_section(res) + _time_section(res) + _diag_section(res) + _goals_section(res)
     return "\n".join(lines) + "\n"
 
 
 def headline(res: dict) -> str:
     """The table printed at the end of a demo: family-mean accuracy and latency per method."""
-    rows = [[m, _f(res["macro"]["test"][m]), _est(res["overall"]["test"][m]),
-             _f(res["macro"]["ood"][m]), f"{res['cost'][m]['total_s']:.4f}"] for m in res["methods"]]
-    return md_table(["method", "test (family mean)", "test (all, 95% CI)", "ood (family mean)",
-                     "latency s"], rows)
+    ood = splits(res)[1:]
+    rows = [[m, _f(res["macro"]["test"][m]), _est(res["overall"]["test"][m])]
+            + [_f(res["macro"][sp][m]) for sp in ood] + [f"{res['cost'][m]['total_s']:.4f}"]
+            for m in res["methods"]]
+    return md_table(["method", "test (family mean)", "test (all, 95% CI)"]
+                    + [f"{sp} (family mean)" for sp in ood] + ["latency s"], rows)
 
 
 def write_report(res: dict, out: str | Path) -> None:
