@@ -153,6 +153,34 @@ def test_parallel_training_writes_the_serial_layout(demo_dir, tmp_path):
     assert [s for s, _ in runs["storm", 0]] == [1, 2]  # Stage I step 1, Stage II step 1 -> 2
 
 
+def test_latency_is_measured_alone_on_one_thread_the_rest_in_workers(demo_dir, tmp_path, capsys):
+    """The test split (latency) is scored in the demo's process on one thread; val curves,
+    ood splits and diagnostics may run in worker processes and land where serial ones do."""
+    import shutil
+
+    res = json.loads((demo_dir / "results.json").read_text())
+    for split in res["splits"]:
+        rep = json.loads((demo_dir / "eval" / "storm" / "seed0" / split / "results.json").read_text())
+        assert rep["reproducibility"]["torch_threads"] == 1 or split != "test"
+    folder = tmp_path / "copy"
+    shutil.copytree(demo_dir, folder)
+    gone = [folder / "eval" / "storm" / "seed0" / "ood-tempo", folder / "curves" / "direct",
+            folder / "diag" / "storm" / "seed0.json", folder / "eval" / "direct" / "seed0" / "test"]
+    for p in gone:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    capsys.readouterr()
+    assert main(["demo", "--preset", "test", "--parallel", "2", "--out", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "[eval] 5 runs, 2 at a time, 1 thread(s) each" in out
+    assert all(p.exists() for p in gone)
+    again = json.loads((folder / "results.json").read_text())
+    assert again["splits"] == res["splits"]
+    for split in res["splits"]:  # one seed of tiny barely-trained models: accuracy, not ties
+        assert set(again["overall"][split]) == set(res["overall"][split])
+    direct = json.loads((folder / "eval" / "direct" / "seed0" / "test" / "results.json").read_text())
+    assert direct["reproducibility"]["torch_threads"] == 1
+
+
 def test_other_preset_in_same_folder_is_refused(demo_dir):
     assert main(["demo", "--preset", "quick", "--out", str(demo_dir)]) == 2
     assert main(["demo", "--preset", "test", "--bottleneck", "--out", str(demo_dir)]) == 2

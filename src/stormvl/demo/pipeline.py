@@ -337,9 +337,9 @@ def evaluate_checkpoint(ckpt_dir: Path, jobs: list[tuple[Path, Path]], batch: in
     return results
 
 
-def _eval_job(preset: Preset, data: dict[str, Path], out: Path, runs: dict, log: Log, job: Job):
-    """Score one run: every checkpoint on val (the curve), the final one on test and the ood
-    splits, and the latent diagnostics for latent / storm.
+def _score_job(preset: Preset, data: dict[str, Path], out: Path, runs: dict, log: Log, job: Job):
+    """What of one run's evaluation measures no time: every checkpoint on val (the curve),
+    the final one on the ood splits, and the latent diagnostics for latent / storm.
 
     Returns:
         ({(method, seed, split): result}, [(step, val accuracy)], {(row, seed): diagnostics})
@@ -349,19 +349,16 @@ def _eval_job(preset: Preset, data: dict[str, Path], out: Path, runs: dict, log:
 
     method, seed = job
     ckpts = runs[job]
-    log(f"[eval] {method} seed {seed}")
+    log(f"[eval] {method} seed {seed}: val curve, {', '.join(preset.ood_splits)}")
     evals, curve, diags = {}, [], {}
     for i, (step, p) in enumerate(ckpts):
-        final = i == len(ckpts) - 1  # the final checkpoint is also scored on test and ood
         where = {"val": out / "curves" / method / f"seed{seed}" / f"step-{step}"}
-        if final:
-            where |= {sp: out / "eval" / method / f"seed{seed}" / sp
-                      for sp in ("test", *preset.ood_splits)}
+        if i == len(ckpts) - 1:  # the final checkpoint is also scored out of distribution
+            where |= {sp: out / "eval" / method / f"seed{seed}" / sp for sp in preset.ood_splits}
         jobs = [(data[sp], d) for sp, d in where.items()]
         scored = dict(zip(where, evaluate_checkpoint(p, jobs, preset.eval_batch), strict=True))
         curve.append((step, scored.pop("val")["overall"]))
-        if final:
-            evals |= {(method, seed, sp): r for sp, r in scored.items()}
+        evals |= {(method, seed, sp): r for sp, r in scored.items()}
     clips = shared_cache(data["test"], "clips")
     if method in ("latent", "storm"):
         log(f"[diagnostics] {method} seed {seed}")
@@ -377,6 +374,27 @@ def _eval_job(preset: Preset, data: dict[str, Path], out: Path, runs: dict, log:
             stage1, data["test"], out / "diag" / method / f"seed{seed}_stage1.json", preset,
             clip_cache=clips)
     return evals, curve, diags
+
+
+def _test_job(preset: Preset, data: dict[str, Path], out: Path, runs: dict, log: Log,
+              job: Job) -> dict:
+    """One run's final checkpoint on test: the accuracy and the latency the report shows."""
+    method, seed = job
+    log(f"[test] {method} seed {seed}")
+    where = out / "eval" / method / f"seed{seed}" / "test"
+    return evaluate_checkpoint(runs[job][-1][1], [(data["test"], where)], preset.eval_batch)[0]
+
+
+@contextmanager
+def torch_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # --- the whole demo ----------------------------------------------------------------------
@@ -418,15 +436,24 @@ def _run_demo(preset: Preset, out: Path, log: Log) -> dict:
     write_json_atomic(out / "demo.json", record)
     with timed(out, "train", preset):
         runs = train_all(preset, data["train"] / "manifest.jsonl", out / "runs", log)
-    # evaluation runs here, one run at a time: latency is among what it measures, and runs
-    # evaluated side by side share the cores (the same checkpoints in two one-thread
-    # processes: storm 0.31 x textcot's latency, one at a time 0.25; the issue's bound is 0.3)
     with timed(out, "eval", preset):
-        scored = {job: _eval_job(preset, data, out, runs, log, job) for job in runs}
+        # what measures no time first, in worker processes like training: val curves, ood
+        # splits, diagnostics (most work first: storm has two stages and two diagnostics)
+        rank = {"storm": 0, "latent": 1, "textcot": 2, "oracle": 3, "direct": 4}
+        order = sorted(runs, key=lambda j: (rank[j[0]], j[1]))
+        scored = in_workers(preset, order, {}, partial(
+            _score_job, preset, data, out, runs, print if preset.parallel > 1 else log), log, "eval")
+        # then each run's test split here, one run at a time on one thread: latency is among
+        # what it measures. Runs evaluated side by side share the cores (the same checkpoints
+        # in two one-thread processes: storm 0.31 x textcot's latency, one at a time 0.25),
+        # and two threads made the tiny model's decoding 2x slower than one (textcot 40 vs
+        # 19 ms a question, storm 8.2 vs 6.4: two threads flattered storm against textcot)
+        with torch_threads(1):
+            tested = {job: _test_job(preset, data, out, runs, log, job) for job in runs}
     evals, curves, diags = {}, {}, {}
-    for job in by_seed(scored):
+    for job in by_seed(runs):
         part_evals, curves[job], part_diags = scored[job]
-        evals |= part_evals
+        evals |= part_evals | {(*job, "test"): tested[job]}
         diags |= part_diags
     results = assemble_results(preset, out, evals, curves, diags)
     write_report(results, out)

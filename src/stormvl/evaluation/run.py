@@ -243,6 +243,7 @@ def finalize(out: Path, benchmark: str, items: Sequence[EvalItem], preds: list[d
         "frame_indices_sha256": _frame_hash(rows),
         "packages": package_versions(),
         "torch_device": str(torch.cuda.get_device_name()) if torch.cuda.is_available() else "cpu",
+        "torch_threads": torch.get_num_threads(),  # CPU latency depends on it
         "warnings": warnings,
     }
     write_results(out / "results.json", result)
