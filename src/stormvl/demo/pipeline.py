@@ -387,6 +387,7 @@ def _test_job(preset: Preset, data: dict[str, Path], out: Path, runs: dict, log:
 
 @contextmanager
 def torch_threads(n: int):
+    """Torch's intra-op thread count set to ``n`` for the block, then restored."""
     import torch
 
     before = torch.get_num_threads()
