@@ -145,7 +145,7 @@ def test_parallel_training_writes_the_serial_layout(demo_dir, tmp_path):
 
     preset = replace(PRESETS["test"], methods=("direct", "storm"), steps=2, parallel=2,
                      data_workers=1)
-    runs = train_all(preset, demo_dir / "data" / "train" / "manifest.jsonl", tmp_path, print)
+    runs, _ = train_all(preset, demo_dir / "data" / "train" / "manifest.jsonl", tmp_path, print)
     assert set(runs) == {("direct", 0), ("storm", 0)}
     for (method, _), ckpts in runs.items():
         assert ckpts[-1][0] == 2 and (ckpts[-1][1] / "trainer_state.pt").is_file()
@@ -171,7 +171,7 @@ def test_latency_is_measured_alone_on_one_thread_the_rest_in_workers(demo_dir, t
     capsys.readouterr()
     assert main(["demo", "--preset", "test", "--parallel", "2", "--out", str(folder)]) == 0
     out = capsys.readouterr().out
-    assert "[eval] 5 runs, 2 at a time, 1 thread(s) each" in out
+    assert "[train] 10 jobs, 2 at a time, 1 thread(s) each" in out  # 5 runs' training and scoring
     assert all(p.exists() for p in gone)
     again = json.loads((folder / "results.json").read_text())
     assert again["splits"] == res["splits"]
@@ -321,7 +321,7 @@ def test_latent_methods_start_from_textcot_and_drop_its_chain(demo_dir, tmp_path
     with pytest.raises(UserError, match="train textcot first"):
         train_all(replace(preset, methods=("latent",)), manifest, tmp_path, print)
     capsys.readouterr()
-    runs = train_all(preset, manifest, tmp_path, print)
+    runs, _ = train_all(preset, manifest, tmp_path, print)
     # Stage-I targets come from the demo folder's shared cache, filled by the fixture's storm
     assert "targets (random_projection): 0 built, 24 cached" in capsys.readouterr().out
     start = tmp_path / "textcot" / "seed0" / "checkpoints" / "step-000003"
@@ -340,7 +340,7 @@ def test_latent_methods_start_from_textcot_and_drop_its_chain(demo_dir, tmp_path
     shutil.copytree(tmp_path, moved)
     shutil.rmtree(moved / "storm" / "seed0" / "stage2")  # redo Stage II from the copied Stage I
     shutil.rmtree(moved / "latent" / "seed0" / "checkpoints" / "step-000003")  # resume latent
-    again = train_all(preset, manifest, moved, print)
+    again, _ = train_all(preset, manifest, moved, print)
     assert [s for s, _ in again["storm", 0]] == [4, 5, 6] and [s for s, _ in again["latent", 0]] == [4, 5, 6]
     assert read_meta(again["storm", 0][-1][1])["base"] == str(moved / "textcot" / "seed0" / "checkpoints" / "step-000003")
     # ... but not a different start
@@ -391,6 +391,56 @@ def test_runs_start_longest_first_and_wait_only_for_their_own_textcot():
         assert at["start", job] > at["end", need]
     # seed 0's latent and storm did not wait for seed 1's slow textcot
     assert at["start", ("storm", 0)] < at["end", ("textcot", 1)]
+
+
+def test_scoring_fills_the_workers_only_when_no_training_can_start():
+    """A run's scoring (val curve, ood splits, diagnostics) waits for its own training only,
+    and starts only when no training run can: it fills gaps, never delays training.
+
+    Seed 1's textcot (and with it seed 1's latent and storm) is held until seed 0's last
+    scoring has started, and that scoring until seed 1's latent has started, so the order
+    in which the pool is handed tasks is fixed."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from dataclasses import replace
+
+    from stormvl.demo.pipeline import run_jobs, task_order
+    from stormvl.demo.presets import PRESETS
+
+    preset = replace(PRESETS["full"], seeds=2)
+    tasks, after = task_order(preset, score=True)
+    assert task_order(preset, score=False)[0] == [t for t in tasks if t[0] == "train"]
+    assert all(after["score", job] == ("train", job) for kind, job in tasks if kind == "score")
+    scored_last, latent_started = threading.Event(), threading.Event()
+
+    def fake(task):
+        if task == ("train", ("textcot", 1)):
+            assert scored_last.wait(10)
+        elif task == ("score", ("direct", 0)):
+            scored_last.set()
+            assert latent_started.wait(10)
+        elif task == ("train", ("latent", 1)):
+            latent_started.set()
+        return task
+
+    class Recording(ThreadPoolExecutor):
+        handed: list = []
+
+        def submit(self, fn, task):
+            self.handed.append(task)
+            return super().submit(fn, task)
+
+    with Recording(4) as pool:  # more threads than allowed: run_jobs must cap it
+        done = run_jobs(pool, 2, tasks, after, fake)
+    assert set(done) == set(tasks)
+    train = [("train", (m, s)) for m, s in [("textcot", 0), ("textcot", 1), ("oracle", 0), ("oracle", 1),
+                                            ("direct", 0), ("direct", 1), ("latent", 0), ("storm", 0)]]
+    # while seed 1's textcot runs, seed 0's runs (and seed 1's finished ones) are scored; once
+    # it ends, seed 1's latent and storm train before any other scoring starts
+    scores = [("score", (m, s)) for m, s in [("storm", 0), ("latent", 0), ("textcot", 0), ("oracle", 0),
+                                             ("oracle", 1), ("direct", 0)]]
+    assert Recording.handed[:16] == train + scores + [("train", ("latent", 1)), ("train", ("storm", 1))]
+    assert set(Recording.handed[16:]) == {("score", (m, 1)) for m in ("direct", "textcot", "latent", "storm")}
 
 
 def test_training_workers_exit_when_the_demo_is_killed(tmp_path):

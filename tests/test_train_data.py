@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import train_fixtures  # noqa: F401  (one torch thread)
 from stormvl.data.manifest import Sample, write_manifest
@@ -237,7 +238,9 @@ def test_cache_decoded_decodes_each_clip_once(tmp_path, monkeypatch):
                           prepare=lambda x: prepared_calls.append(x) or ("ready", x.frames),
                           keep_decoded=True)
     assert prep[0].features[0] == "ready" and prep[0].features is prep[0].features
-    assert len(prepared_calls) == 1 and prep.kept_bytes == first.frames.nbytes
+    # the decoded sample is kept beside what was made of it; the frames both hold count once
+    assert len(prepared_calls) == 1
+    assert prep.kept_bytes == first.frames.nbytes + first.timestamps.nbytes
     calls.clear()
     # a byte bound below one clip keeps nothing: every read decodes again
     small = VideoQADataset(samples, root, vc, lambda t, h, w, px: (t // 2) * 2, 2, keep_decoded=True,
@@ -291,17 +294,62 @@ def test_sampler_variants_follow_the_rationale_curriculum_by_optimizer_step():
     assert "only latent and storm" in MethodConfig("direct", internalize_at=[1]).validate()[0]
 
 
-def test_cache_decoded_prepares_again_for_a_new_variant(tmp_path):
+def test_cache_decoded_prepares_again_for_a_new_variant(tmp_path, monkeypatch):
+    import stormvl.data.clip_cache as data_mod
+
     _video(tmp_path / "ok.mp4", n=8, h=64, w=48)
     write_manifest(tmp_path / "m.jsonl", [Sample("a", "ok.mp4", "q", ["x", "y"], "A")])
     samples, root, _ = load_samples(DataConfig(train=str(tmp_path / "m.jsonl"), split=None))
     vc = VideoConfig(num_frames=4, max_visual_tokens=16, min_pixels=28 * 28, max_pixels=56 * 56)
-    seen = []
+    decoded, media, seen = [], [], []
+    real = data_mod.read_clip
+    monkeypatch.setattr(data_mod, "read_clip", lambda *a, **k: decoded.append(a[0]) or real(*a, **k))
     ds = VideoQADataset(samples, root, vc, lambda t, h, w, px: (t // 2) * 2, 2,
-                        prepare=lambda x: seen.append(x.variant) or ("text", x.variant), keep_decoded=True)
-    assert ds[(0, 0)].features == ("text", 0) and ds[(0, 0)].features == ("text", 0)
-    assert ds[(0, 1)].features == ("text", 1) and ds[0].features == ("text", None)
-    assert seen == [0, 1, None]  # remembered per variant, prepared once for each
+                        prepare=lambda x: seen.append(x.variant) or ("text", x.variant, x.media),
+                        keep_decoded=True,
+                        prepare_media=lambda x: media.append(1) or torch.from_numpy(x.frames).float())
+    first = ds[(0, 0)].features
+    assert first[:2] == ("text", 0) and ds[(0, 0)].features is first
+    assert ds[(0, 1)].features[:2] == ("text", 1) and ds[0].features[:2] == ("text", None)
+    assert seen == [0, 1, None]  # prepared once for each variant
+    # ... from the sample kept: decoded once and its media made once, shared by every variant
+    assert len(decoded) == 1 and len(media) == 1 and ds[0].features[2] is first[2]
+    # the kept bytes: frames, timestamps and the media once, whatever the variant
+    loaded = ds.decoded[0].loaded
+    assert ds.kept_bytes == loaded.frames.nbytes + loaded.timestamps.nbytes + first[2].nbytes
+    # without a cache every request decodes and makes its media again
+    plain = VideoQADataset(samples, root, vc, lambda t, h, w, px: (t // 2) * 2, 2,
+                           prepare=lambda x: x.media, prepare_media=lambda x: media.append(1) or 1)
+    plain[(0, 0)], plain[(0, 1)]
+    assert len(decoded) == 3 and len(media) == 3
+
+
+def test_trainer_prepare_from_kept_media_equals_a_fresh_one(tmp_path):
+    """The trainer's hooks: a sample prepared from media made once (the dataset's cache) is
+    the sample prepared from its frames, for every variant of the latent curriculum."""
+    from stormvl.training.build import build_model
+    from stormvl.training.config import MethodConfig, TrainConfig
+    from stormvl.training.loop import make_prepare, make_prepare_media
+    from stormvl.training.video_settings import backbone_counter
+
+    _video(tmp_path / "ok.mp4", n=8, h=64, w=48)
+    write_manifest(tmp_path / "m.jsonl", [Sample("a", "ok.mp4", "q", ["x", "y"], "A",
+                                                 rationale="One. Two. Three.")])
+    cfg = TrainConfig(method=MethodConfig("latent", k=2, internalize_at=[1, 2]))
+    bb = build_model(cfg).backbone
+    samples, root, _ = load_samples(DataConfig(train=str(tmp_path / "m.jsonl"), split=None))
+    vc = VideoConfig(num_frames=4, max_visual_tokens=16, min_pixels=28 * 28, max_pixels=56 * 56)
+    args = (samples, root, vc, backbone_counter(bb), bb.temporal_patch, make_prepare(bb, cfg))
+    kept = VideoQADataset(*args, keep_decoded=True, prepare_media=make_prepare_media(bb))
+    fresh = VideoQADataset(*args)
+    for variant in (0, 1, None):
+        a, b = kept[(0, variant)].features, fresh[(0, variant)].features
+        assert a.input_ids == b.input_ids and a.labels == b.labels
+        assert torch.equal(a.position_ids, b.position_ids)
+        for va, vb in zip(a.videos, b.videos, strict=True):
+            assert torch.equal(va.pixel_values, vb.pixel_values) and va.key == vb.key
+    assert kept[(0, 1)].features.videos[0] is kept[(0, None)].features.videos[0]
+    assert len(kept[(0, 0)].features.labels) > len(kept[(0, None)].features.labels)
 
 
 def test_every_shipped_train_config_loads():

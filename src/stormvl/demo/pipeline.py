@@ -278,7 +278,7 @@ def in_workers(preset: Preset, jobs: list[Job], needs: dict[Job, Job], fn: Calla
     from concurrent.futures import ProcessPoolExecutor
 
     threads = max(1, (os.cpu_count() or 1) // preset.parallel)
-    log(f"[{what}] {len(jobs)} runs, {preset.parallel} at a time, {threads} thread(s) each")
+    log(f"[{what}] {len(jobs)} jobs, {preset.parallel} at a time, {threads} thread(s) each")
     with ProcessPoolExecutor(preset.parallel, mp_context=mp.get_context("spawn"),
                              initializer=_init_worker,
                              initargs=(threads, mp.get_start_method())) as pool:
@@ -290,25 +290,56 @@ def by_seed(jobs) -> list[Job]:
     return sorted(jobs, key=lambda j: (j[1], METHODS.index(j[0])))
 
 
-def train_all(preset: Preset, manifest: Path, out: Path,
-              log: Log) -> dict[Job, list[tuple[int, Path]]]:
-    """Train every (method, seed) run, ``preset.parallel`` at a time.
+Score = Callable[[Job, list], object]  # a finished run's scoring, picklable (see _score_job)
+
+
+def train_all(preset: Preset, manifest: Path, out: Path, log: Log,
+              score: Score | None = None) -> tuple[dict[Job, list[tuple[int, Path]]], dict[Job, object]]:
+    """Train every (method, seed) run, ``preset.parallel`` at a time, and ``score`` each one
+    that has finished in the same workers.
 
     Why processes: the tiny model's ops are too small to use two cores well, so two runs
     side by side with one thread each train ~2x faster than one run with two threads. Each
     run writes only its own folder and resumes on its own, so parallel and serial give the
-    same layout.
+    same layout. Why scoring in the same pool: a run's scoring waits only for its own
+    training, and training always goes first, so scoring fills the time a worker would idle
+    (the last run training alone at the end: ~2 minutes of the full preset).
+
+    Returns:
+        ({job: (global step, checkpoint) pairs}, {job: what ``score`` returned}), by seed
     """
+    tasks, after = task_order(preset, score is not None)
+    fn = partial(_task, preset, manifest, out, print if preset.parallel > 1 else log, score)
+    done = in_workers(preset, tasks, after, fn, log, "train")  # print: `log` may not pickle
+    order = by_seed(job for kind, job in tasks if kind == "train")
+    return ({job: done["train", job] for job in order},
+            {job: done["score", job] for job in order if ("score", job) in done})
+
+
+Task = tuple[str, Job]  # ("train" | "score", (method, seed))
+
+
+def task_order(preset: Preset, score: bool) -> tuple[list[Task], dict[Task, Task]]:
+    """The pool's tasks in start order and the task each waits for: every training run
+    (``job_order``), then, with ``score``, each run's scoring, which waits for that run only
+    (most scoring first: storm has two stages and two diagnostics, latent one)."""
     jobs, needs = job_order(preset)
-    fn = partial(_train_job, preset, manifest, out, print if preset.parallel > 1 else log)
-    done = in_workers(preset, jobs, needs, fn, log, "train")  # print: `log` may not pickle
-    return {job: done[job] for job in by_seed(jobs)}
+    tasks = [("train", job) for job in jobs]
+    after = {("train", job): ("train", need) for job, need in needs.items()}
+    if score:
+        rank = {"storm": 0, "latent": 1, "textcot": 2, "oracle": 3, "direct": 4}
+        tasks += [("score", job) for job in sorted(jobs, key=lambda j: (rank[j[0]], j[1]))]
+        after |= {("score", job): ("train", job) for job in jobs}
+    return tasks, after
 
 
-def _train_job(preset: Preset, manifest: Path, out: Path, log: Log,
-               job: Job) -> list[tuple[int, Path]]:
-    method, seed = job
-    return train_method(preset, method, seed, manifest, out / method / f"seed{seed}", log)
+def _task(preset: Preset, manifest: Path, out: Path, log: Log, score: Score | None,
+          task: tuple[str, Job]):
+    """One pool task: ``("train", job)``, or ``("score", job)`` once that run has finished
+    (its checkpoints are listed again here: training a finished run only lists them)."""
+    kind, (method, seed) = task
+    ckpts = train_method(preset, method, seed, manifest, out / method / f"seed{seed}", log)
+    return ckpts if kind == "train" else score((method, seed), ckpts)
 
 
 # --- stage 3: evaluation -----------------------------------------------------------------
@@ -337,7 +368,8 @@ def evaluate_checkpoint(ckpt_dir: Path, jobs: list[tuple[Path, Path]], batch: in
     return results
 
 
-def _score_job(preset: Preset, data: dict[str, Path], out: Path, runs: dict, log: Log, job: Job):
+def _score_job(preset: Preset, data: dict[str, Path], out: Path, log: Log, job: Job,
+               ckpts: list[tuple[int, Path]]):
     """What of one run's evaluation measures no time: every checkpoint on val (the curve),
     the final one on the ood splits, and the latent diagnostics for latent / storm.
 
@@ -348,7 +380,6 @@ def _score_job(preset: Preset, data: dict[str, Path], out: Path, runs: dict, log
     from stormvl.diagnostics.run import diagnose
 
     method, seed = job
-    ckpts = runs[job]
     log(f"[eval] {method} seed {seed}: val curve, {', '.join(preset.ood_splits)}")
     evals, curve, diags = {}, [], {}
     for i, (step, p) in enumerate(ckpts):
@@ -436,21 +467,17 @@ def _run_demo(preset: Preset, out: Path, log: Log) -> dict:
         data = make_data(preset, out / "data", log)
     write_json_atomic(out / "demo.json", record)
     with timed(out, "train", preset):
-        runs = train_all(preset, data["train"] / "manifest.jsonl", out / "runs", log)
-    with timed(out, "eval", preset):
-        # what measures no time first, in worker processes like training: val curves, ood
-        # splits, diagnostics (most work first: storm has two stages and two diagnostics)
-        rank = {"storm": 0, "latent": 1, "textcot": 2, "oracle": 3, "direct": 4}
-        order = sorted(runs, key=lambda j: (rank[j[0]], j[1]))
-        scored = in_workers(preset, order, {}, partial(
-            _score_job, preset, data, out, runs, print if preset.parallel > 1 else log), log, "eval")
-        # then each run's test split here, one run at a time on one thread: latency is among
-        # what it measures. Runs evaluated side by side share the cores (the same checkpoints
-        # in two one-thread processes: storm 0.31 x textcot's latency, one at a time 0.25),
-        # and two threads made the tiny model's decoding 2x slower than one (textcot 40 vs
-        # 19 ms a question, storm 8.2 vs 6.4: two threads flattered storm against textcot)
-        with torch_threads(1):
-            tested = {job: _test_job(preset, data, out, runs, log, job) for job in runs}
+        # what of the evaluation measures no time is done in the training workers as runs
+        # finish: val curves, ood splits, diagnostics
+        score = partial(_score_job, preset, data, out, print if preset.parallel > 1 else log)
+        runs, scored = train_all(preset, data["train"] / "manifest.jsonl", out / "runs", log, score)
+    # each run's test split here, one run at a time on one thread: latency is among what it
+    # measures. Runs evaluated side by side share the cores (the same checkpoints in two
+    # one-thread processes: storm 0.31 x textcot's latency, one at a time 0.25), and two
+    # threads made the tiny model's decoding 2x slower than one (textcot 40 vs 19 ms a
+    # question, storm 8.2 vs 6.4: two threads flattered storm against textcot)
+    with timed(out, "eval", preset), torch_threads(1):
+        tested = {job: _test_job(preset, data, out, runs, log, job) for job in runs}
     evals, curves, diags = {}, {}, {}
     for job in by_seed(runs):
         part_evals, curves[job], part_diags = scored[job]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,9 @@ class Loaded:
     # which text the sampler asked for: rationale sentences dropped (the latent curriculum,
     # ``method.internalize_at``); None = the method's plain target
     variant: int | None = None
+    # what ``prepare_media`` made of the clips (the tower's pixel inputs): no text variant
+    # changes it, so a remembered sample meets a new variant with tokenisation alone
+    media: Any = None
 
 
 @dataclass
@@ -116,22 +119,35 @@ class Skipped:
     reason: str
 
 
-def array_bytes(obj: Any) -> int:
+def array_bytes(obj: Any, seen: set[int] | None = None) -> int:
     """Bytes of the arrays / tensors in ``obj`` (dataclasses, lists, tuples, dicts walked;
-    a list is taken to be all numbers when its first item is one: token ids are not walked)."""
-    if isinstance(obj, np.ndarray):
-        return obj.nbytes
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
+    a list is taken to be all numbers when its first item is one: token ids are not walked).
+    An array reached twice (prepared features hold the media they were made from) counts once."""
+    seen = set() if seen is None else seen
+    if isinstance(obj, (np.ndarray, torch.Tensor)):
+        if id(obj) in seen:
+            return 0
+        seen.add(id(obj))
+        return obj.nbytes if isinstance(obj, np.ndarray) else obj.numel() * obj.element_size()
     if is_dataclass(obj):
-        return sum(array_bytes(getattr(obj, f.name)) for f in fields(obj))
+        return sum(array_bytes(getattr(obj, f.name), seen) for f in fields(obj))
     if isinstance(obj, (list, tuple)):
         if not obj or isinstance(obj[0], (int, float)):
             return 0
-        return sum(array_bytes(x) for x in obj)
+        return sum(array_bytes(x, seen) for x in obj)
     if isinstance(obj, dict):
-        return sum(array_bytes(x) for x in obj.values())
+        return sum(array_bytes(x, seen) for x in obj.values())
     return 0
+
+
+@dataclass
+class Kept:
+    """A remembered sample: decoded (with its media, if any) and prepared for one variant."""
+
+    loaded: Loaded
+    variant: int | None
+    features: Any
+    nbytes: int
 
 
 class VideoQADataset(Dataset):
@@ -147,16 +163,19 @@ class VideoQADataset(Dataset):
         target_parts: sample id -> cache parts of its targets (storm stage 1).
         cache: where targets live.
         oracle_frames: >0 appends that many thought-video frames (the oracle method).
-        keep_decoded: remember each sample's decoded and prepared inputs
-            (``data.cache_decoded``; ``prepare`` must then be deterministic, as the trainer's
-            is); failures are not remembered, so a file fixed on disk is read again.
+        keep_decoded: remember each sample decoded and prepared (``data.cache_decoded``;
+            ``prepare`` must then be deterministic, as the trainer's is); failures are not
+            remembered, so a file fixed on disk is read again.
         keep_bytes: stop remembering samples once their arrays hold this many bytes.
         clips: probes and decodes videos (``data.clip_cache``: through a disk cache shared
             by every run reading the same files); default: no cache.
+        prepare_media: ``Loaded -> media`` (``Loaded.media``: the tower's pixel inputs), the
+            part of preparing that no text variant changes; run once per remembered sample.
 
     An index is ``i`` or ``(i, variant)``; the variant reaches ``prepare`` as
-    ``Loaded.variant`` and is part of what is remembered (a new variant starts a new cache:
-    the curriculum only moves forward).
+    ``Loaded.variant``. A remembered sample asked for another variant (the latent
+    curriculum's next stage) is prepared again from what was kept: neither decoded nor
+    resized again, only tokenised (it was ~3 ms a sample at each of the curriculum's stages).
     """
 
     def __init__(
@@ -173,14 +192,15 @@ class VideoQADataset(Dataset):
         keep_decoded: bool = False,
         keep_bytes: int = 4 << 30,
         clips: ClipReader | None = None,
+        prepare_media: Callable[[Loaded], Any] | None = None,
     ):
         self.samples, self.root, self.video = samples, Path(media_root), video
         self.count, self.temporal_patch = count, temporal_patch
         self.prepare, self.target_parts, self.cache = prepare, target_parts or {}, cache
+        self.prepare_media = prepare_media
         self.oracle_frames = oracle_frames
-        self.decoded: dict[int, Loaded] | None = {} if keep_decoded else None
+        self.decoded: dict[int, Kept] | None = {} if keep_decoded else None
         self.keep_bytes, self.kept_bytes = keep_bytes, 0
-        self.variant: int | None = None  # the variant the remembered samples were prepared for
         self.clips = clips or ClipReader()
 
     def __len__(self) -> int:
@@ -215,29 +235,39 @@ class VideoQADataset(Dataset):
                 rest[0][0].frames, rest[0][0].timestamps, rest[0][1])
         return out
 
-    def _keep(self, i: int, features: Any) -> None:
-        """Remember a sample's prepared inputs while the cache is under its byte bound."""
-        size = array_bytes(features)
+    def _keep(self, i: int, loaded: Loaded, variant: int | None, features: Any) -> None:
+        """Remember a sample (replacing its entry for an earlier variant) while the cache is
+        under its byte bound."""
+        old = self.decoded.pop(i, None)
+        if old is not None:
+            self.kept_bytes -= old.nbytes
+        size = array_bytes((loaded, features))
         if self.kept_bytes + size <= self.keep_bytes:
-            self.decoded[i] = features
+            self.decoded[i] = Kept(loaded, variant, features, size)
             self.kept_bytes += size
 
     def __getitem__(self, key: int | tuple[int, int | None]) -> Item | Skipped:
         i, variant = key if isinstance(key, tuple) else (key, None)
         s = self.samples[i]
-        if self.decoded is not None and variant != self.variant:
-            self.decoded, self.kept_bytes, self.variant = {}, 0, variant
-        features = self.decoded.get(i) if self.decoded is not None else None
-        if features is None:
-            try:
-                loaded = self.load(i)
-            except UserError as exc:
-                return Skipped(i, s.video, str(exc))
-            loaded.variant = variant
-            # prepared once: resizing / normalising / tokenising cost as much as decoding
-            features = self.prepare(loaded) if self.prepare else loaded
+        kept = self.decoded.get(i) if self.decoded is not None else None
+        if kept is not None and kept.variant == variant:
+            features = kept.features
+        else:
+            if kept is not None:
+                loaded = kept.loaded
+            else:
+                try:
+                    loaded = self.load(i)
+                except UserError as exc:
+                    return Skipped(i, s.video, str(exc))
+                if self.prepare_media is not None:
+                    loaded.media = self.prepare_media(loaded)
+            # prepared once per variant: resizing / normalising / tokenising cost as much as
+            # decoding
+            x = replace(loaded, variant=variant)
+            features = self.prepare(x) if self.prepare else x
             if self.decoded is not None:
-                self._keep(i, features)
+                self._keep(i, loaded, variant, features)
         target = None
         parts = self.target_parts.get(s.id)
         if parts is not None and self.cache is not None:

@@ -82,19 +82,33 @@ def target_text(method: str, sample, dropped: int | None = None) -> str:
     return f"{written}\nThe answer is {sample.answer}." if written else sample.answer
 
 
-def make_prepare(bb, cfg: TrainConfig) -> Callable[[Loaded], object]:
-    """Worker-side hook: decoded clip(s) -> the adapter's ``Encoded`` for this method."""
-    from stormvl.backbones import Prompt
-    from stormvl.latent import format_question
+def make_prepare_media(bb) -> Callable[[Loaded], list]:
+    """Worker-side hook: decoded clip(s) -> the adapter's tower inputs (input video, then an
+    oracle's thought video). Text plays no part, so the dataset keeps them across variants."""
 
-    method, k = cfg.method.name, cfg.method.num_latents
-
-    def prepare(x: Loaded):
+    def prepare_media(x: Loaded) -> list:
         s = x.sample
         vids = [_preprocess(bb, x.frames, x.timestamps, x.plan, (s.video, s.start, s.end))]
         if x.thought_frames is not None:
             vids.append(_preprocess(bb, x.thought_frames, x.thought_timestamps, x.thought_plan,
                                     (s.thought_video, None, None)))
+        return vids
+
+    return prepare_media
+
+
+def make_prepare(bb, cfg: TrainConfig) -> Callable[[Loaded], object]:
+    """Worker-side hook: decoded clip(s) -> the adapter's ``Encoded`` for this method (from
+    ``Loaded.media`` when the dataset made it, else the clips are preprocessed here)."""
+    from stormvl.backbones import Prompt
+    from stormvl.latent import format_question
+
+    method, k = cfg.method.name, cfg.method.num_latents
+    media = make_prepare_media(bb)
+
+    def prepare(x: Loaded):
+        s = x.sample
+        vids = x.media if x.media is not None else media(x)
         return bb.encode(Prompt(videos=vids, text=format_question(s.question, s.options), k=k,
                                 target=target_text(method, s, x.variant)))
 
@@ -328,7 +342,7 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
                              cfg.method.oracle_frames if cfg.method.name == "oracle" else 0,
                              keep_decoded=cfg.data.cache_decoded,
                              keep_bytes=int(cfg.data.cache_decoded_gb * (1 << 30)),
-                             clips=ClipReader(cfg.data.clip_cache))
+                             clips=ClipReader(cfg.data.clip_cache), prepare_media=make_prepare_media(bb))
     return Run(cfg, acc, built, module, optimizer, scheduler, state, samples, root, dataset, parts, sharded)
 
 
