@@ -65,8 +65,18 @@ def test_two_process_fsdp_matches_one_process_and_resumes(tmp_path):
     a = AutoModelForImageTextToText.from_pretrained(a_dir).state_dict()
     b = AutoModelForImageTextToText.from_pretrained(b_dir).state_dict()
     assert a.keys() == b.keys()
+    # Compared per tensor against what steps 3-4 moved it (the 1-process run): Adam divides
+    # each gradient entry by its own running scale, so an entry whose gradient is ~0 turns
+    # summation-order noise into a visible fraction of one step (2e-4 on one weight seen on
+    # an AMD EPYC core, with lr 5e-3); a dropped shard or unsynchronised gradient moves the
+    # whole tensor instead. Frozen tensors (vision tower) must not move at all.
+    mid = AutoModelForImageTextToText.from_pretrained(a_dir.with_name("step-000002")).state_dict()
+    for k in a:
+        moved = float((a[k] - mid[k]).norm())
+        gap = float((a[k] - b[k]).norm())
+        assert gap <= 1e-2 * moved or (moved == 0 and gap < 1e-6), (k, gap, moved)
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert worst < 1e-4, worst
+    assert worst < 0.1 * 5e-3, worst  # and no entry off by a tenth of one step's lr
     pa, pb = load_file(a_dir / "align_projector.safetensors"), load_file(b_dir / "align_projector.safetensors")
     assert pa.keys() == pb.keys() and pa
     assert all(torch.allclose(pa[k], pb[k], atol=1e-4) for k in pa)

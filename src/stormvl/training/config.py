@@ -202,7 +202,8 @@ class DataConfig:
     # (the demo's suite: decoding and preprocessing were most of the CPU time). Costs the
     # sample's pixel tensors (float32, ~5x the uint8 frames), up to cache_decoded_gb per
     # worker; past it, further samples are prepared each time (under random sampling,
-    # keeping the first that fit hits as often as an LRU would, without churn)
+    # keeping the first that fit hits as often as an LRU would, without churn). A new text
+    # variant (the latent curriculum's next stage) re-tokenises a kept sample, nothing more
     cache_decoded: bool = False
     cache_decoded_gb: float = 4.0
     # a folder of decoded clips on disk, shared by every run (and evaluation) that reads the
