@@ -71,6 +71,12 @@ def test_report_numbers_equal_results(demo_dir):
     assert abs(t["total_min"] - sum(t["stages_min"].values())) < 0.02 and t["total_min"] > 0
     section = md.split("## Wall time (minutes)")[1].split("## ")[0]
     assert f"| **total** | {_f(t['total_min'])} |" in section
+    # wall times compare only on one CPU: which one is recorded beside them
+    from stormvl.evaluation.model import cpu_description
+
+    assert t["cpu"] == cpu_description() and f"({t['cpu']})" in section
+    rep = json.loads((demo_dir / "eval" / "storm" / "seed0" / "test" / "results.json").read_text())
+    assert rep["reproducibility"]["cpu"] == t["cpu"]
 
 
 def test_ood_shifts_hold_the_task_and_change_one_rendering_setting(demo_dir):
@@ -351,6 +357,26 @@ def test_latent_methods_start_from_textcot_and_drop_its_chain(demo_dir, tmp_path
     assert meta["base"] == str(start)  # recorded as given, before the copy
     assert same_base(meta, again["storm", 0][1][1], str(moved / "textcot" / "seed0" / "checkpoints" / "step-000003"))
     assert not same_base(meta, again["storm", 0][1][1], str(other))
+
+
+def test_a_preset_whose_latent_runs_could_not_start_is_refused_before_any_training():
+    """Found when a 300-step copy of full asked for textcot's step 200, which it never saved
+    (checkpoints every 150): the demo failed only after textcot's runs had trained."""
+    from dataclasses import replace
+
+    from stormvl.demo.presets import PRESETS
+    from stormvl.errors import UserError
+
+    full = PRESETS["full"]
+    assert full.checkpoint_every(full.steps) == 500 and full.latent_from_textcot % 500 == 0
+    small = dict(steps=300, curve_points=2, internalize_at=(25, 50, 75))
+    assert replace(full, latent_from_textcot=150, **small).stage1_steps(150) == 120
+    with pytest.raises(UserError, match="latent_from_textcot=200 is not a step textcot saves at"):
+        replace(full, latent_from_textcot=200, **small)
+    with pytest.raises(UserError, match="leaves no steps"):
+        replace(full, latent_from_textcot=300, **small)
+    with pytest.raises(UserError, match="internalize_at ends at 130, not below storm's 120"):
+        replace(full, latent_from_textcot=150, steps=300, curve_points=2, internalize_at=(25, 130))
 
 
 def test_runs_start_longest_first_and_wait_only_for_their_own_textcot():

@@ -122,7 +122,6 @@ def train_config(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
     from stormvl.config import from_dict
     from stormvl.training.config import TrainConfig
 
-    every = max(1, steps // max(1, preset.curve_points))
     data = {
         "out_dir": str(out),
         "seed": seed,
@@ -146,7 +145,7 @@ def train_config(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
         "optim": {"lr": preset.lr * (preset.stage2_lr_scale if stage == 2 else 1.0),
                   "max_steps": steps, "batch_size": preset.batch_size,
                   "warmup_steps": max(1, steps // 10)},
-        "checkpoint": {"every": every, "keep_last": preset.curve_points + 2},
+        "checkpoint": {"every": preset.checkpoint_every(steps), "keep_last": preset.curve_points + 2},
         "log": {"tensorboard": False, "progress": False},
     }
     return from_dict(TrainConfig, data, f"demo preset {preset.name}")
@@ -189,10 +188,7 @@ def train_method(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
     if method in ("latent", "storm") and preset.latent_from_textcot:
         from stormvl.training import checkpoint as ckpt
 
-        start = preset.latent_from_textcot
-        if start >= preset.steps:
-            raise UserError(f"preset {preset.name}: latent_from_textcot={start} leaves no steps of "
-                            f"the {preset.steps}-step budget")
+        start = preset.latent_from_textcot  # a step textcot saves at (Preset checks)
         init = ckpt.step_dir(out.parent.parent / "textcot" / out.name, start)
         if not (init / "stormvl.json").is_file():
             raise UserError(f"{method} seed {seed} starts from textcot's checkpoint {init}, which "
@@ -200,7 +196,7 @@ def train_method(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
     if method != "storm":
         cfg = train_config(preset, method, seed, manifest, out, preset.steps - start, init=init)
         return [(start + step, p) for step, p in _train_once(cfg, log)]
-    s1 = max(1, int(round((preset.steps - start) * preset.stage1_fraction)))
+    s1 = preset.stage1_steps(preset.steps - start)
     first = _train_once(train_config(preset, "storm", seed, manifest, out / "stage1", s1, init=init), log)
     second = _train_once(train_config(preset, "storm", seed, manifest, out / "stage2",
                                       preset.steps - start - s1, stage=2, stage1=first[-1][1],
@@ -449,11 +445,13 @@ def timed(out: Path, stage: str, preset: Preset):
     that was killed or failed records nothing.
     """
     from stormvl.data.manifest import JsonlAppender
+    from stormvl.evaluation.model import cpu_description
 
     t0 = time.time()
     yield
     with JsonlAppender(out / TIMING) as log:
         log.write({"stage": stage, "s": round(time.time() - t0, 1), "cores": os.cpu_count(),
+                   "cpu": cpu_description(),
                    "parallel": preset.parallel, "seeds": preset.seeds, "methods": list(preset.methods),
                    "ended": time.strftime("%Y-%m-%dT%H:%M:%S")})
 

@@ -193,5 +193,23 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def cpu_description() -> str:
+    """The CPU and the vector units torch uses on it, e.g. ``AMD EPYC (AVX2)``: wall times
+    on CPU are only comparable on the same one (the demo's full preset took 93 min on one
+    2-core machine and ~1.8x as long per training step on another)."""
+    import platform
+
+    name = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine() or "unknown CPU"
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
+
+
 def text_sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -20,7 +20,7 @@ import torch
 
 from stormvl.data.manifest import JsonlAppender, read_jsonl_tolerant
 from stormvl.errors import UserError
-from stormvl.evaluation.model import answer_part, package_versions, text_sha
+from stormvl.evaluation.model import answer_part, cpu_description, package_versions, text_sha
 from stormvl.evaluation.runner import Prepared, Runner
 from stormvl.io import exclusive_folder, write_text_atomic
 from stormvl.tasks.base import EvalItem
@@ -244,6 +244,7 @@ def finalize(out: Path, benchmark: str, items: Sequence[EvalItem], preds: list[d
         "packages": package_versions(),
         "torch_device": str(torch.cuda.get_device_name()) if torch.cuda.is_available() else "cpu",
         "torch_threads": torch.get_num_threads(),  # CPU latency depends on it
+        "cpu": cpu_description(),  # ... and on the CPU
         "warnings": warnings,
     }
     write_results(out / "results.json", result)

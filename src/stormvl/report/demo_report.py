@@ -82,7 +82,7 @@ def _time_section(res: dict) -> list[str]:
     return ["## Wall time (minutes)", "",
             md_table(["stage", "minutes"], rows), "",
             f"Summed over the {t['invocations']} invocation(s) recorded in timing.jsonl on "
-            f"{t['cores']} cores; a stage that was killed before it ended is not counted. "
+            f"{t['cores']} cores ({t.get('cpu', 'not recorded')}); a stage that was killed before it ended is not counted. "
             "`train` includes scoring each finished run (val curve, ood splits, diagnostics) in "
             "the training workers; `eval` is the test split (latency), one run at a time.", ""]
 
