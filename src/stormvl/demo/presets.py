@@ -90,18 +90,19 @@ class Preset:
     def __post_init__(self) -> None:
         """Refuse a preset whose runs would fail after others trained (a latent run that
         starts from a textcot checkpoint no one saves finds out only when textcot is done)."""
-        problems, n = [], self.latent_from_textcot
-        if n:
-            if n >= self.steps:
-                problems.append(f"latent_from_textcot={n} leaves no steps of the {self.steps}-step budget")
-            elif n % self.checkpoint_every(self.steps):
-                problems.append(f"latent_from_textcot={n} is not a step textcot saves at (every "
-                                f"{self.checkpoint_every(self.steps)} = steps // curve_points)")
-            elif self.internalize_at and self.internalize_at[-1] >= self.stage1_steps(self.steps - n):
-                problems.append(f"internalize_at ends at {self.internalize_at[-1]}, not below storm's "
-                                f"{self.stage1_steps(self.steps - n)} Stage-I steps")
-        if problems:
-            raise UserError(f"preset {self.name}: " + "; ".join(problems))
+        n, problem = self.latent_from_textcot, None
+        if not n:
+            return
+        if n >= self.steps:
+            problem = f"latent_from_textcot={n} leaves no steps of the {self.steps}-step budget"
+        elif n % self.checkpoint_every(self.steps):
+            problem = (f"latent_from_textcot={n} is not a step textcot saves at (every "
+                       f"{self.checkpoint_every(self.steps)} = steps // curve_points)")
+        elif self.internalize_at and self.internalize_at[-1] >= self.stage1_steps(self.steps - n):
+            problem = (f"internalize_at ends at {self.internalize_at[-1]}, not below storm's "
+                       f"{self.stage1_steps(self.steps - n)} Stage-I steps")
+        if problem:
+            raise UserError(f"preset {self.name}: {problem}")
 
     def checkpoint_every(self, steps: int) -> int:
         """Checkpoint interval of a ``steps``-step run: ``curve_points`` checkpoints each."""
