@@ -178,6 +178,11 @@ def test_latency_is_measured_alone_on_one_thread_the_rest_in_workers(demo_dir, t
     assert main(["demo", "--preset", "test", "--parallel", "2", "--out", str(folder)]) == 0
     out = capsys.readouterr().out
     assert "[train] 10 jobs, 2 at a time, 1 thread(s) each" in out  # 5 runs' training and scoring
+    # each finished task is counted as it ends (a long full run shows where it is)
+    done = [line for line in out.splitlines() if re.match(r"\[train\] \d+/10 done: ", line)]
+    assert [int(line.split()[1].split("/")[0]) for line in done] == list(range(1, 11))
+    assert {line.split(": ")[1].rsplit(" (", 1)[0] for line in done} == {
+        f"{kind} {m} seed 0" for kind in ("train", "score") for m in res["methods"]}
     assert all(p.exists() for p in gone)
     again = json.loads((folder / "results.json").read_text())
     assert again["splits"] == res["splits"]

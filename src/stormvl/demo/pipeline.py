@@ -244,23 +244,36 @@ def job_order(preset: Preset) -> tuple[list[Job], dict[Job, Job]]:
 
 
 def run_jobs(pool: Executor, parallel: int, jobs: list[Job], needs: dict[Job, Job],
-             fn: Callable[[Job], object]) -> dict[Job, object]:
+             fn: Callable[[Job], object],
+             progress: Callable[[Job, float, int, int], None] | None = None) -> dict[Job, object]:
     """Run ``fn(job)`` for every job on ``pool``, at most ``parallel`` at once, in ``jobs``
-    order except that a job starts only after the one it ``needs`` has finished."""
+    order except that a job starts only after the one it ``needs`` has finished.
+    ``progress(job, seconds, done, total)`` is told of each job as it finishes."""
     from concurrent.futures import FIRST_COMPLETED, wait
 
-    pending, running, done = list(jobs), {}, {}
+    pending, running, done, started = list(jobs), {}, {}, {}
     while pending or running:
         ready = [j for j in pending if needs.get(j) is None or needs[j] in done]
         for job in ready[: max(0, parallel - len(running))]:
             pending.remove(job)
             running[pool.submit(fn, job)] = job
+            started[job] = time.time()
         if not running:
             raise RuntimeError(f"runs wait for runs that never start: {pending}")
         finished, _ = wait(running, return_when=FIRST_COMPLETED)
         for future in finished:
-            done[running.pop(future)] = future.result()  # a failed run stops the demo
+            job = running.pop(future)
+            done[job] = future.result()  # a failed run stops the demo
+            if progress is not None:
+                progress(job, time.time() - started[job], len(done), len(jobs))
     return done
+
+
+def job_name(job) -> str:
+    """``("score", ("storm", 0))`` -> ``score storm seed 0``."""
+    if isinstance(job, tuple) and len(job) == 2 and isinstance(job[1], int):
+        return f"{job[0]} seed {job[1]}"
+    return " ".join(map(job_name, job)) if isinstance(job, tuple) else str(job)
 
 
 def in_workers(preset: Preset, jobs: list[Job], needs: dict[Job, Job], fn: Callable[[Job], object],
@@ -278,7 +291,10 @@ def in_workers(preset: Preset, jobs: list[Job], needs: dict[Job, Job], fn: Calla
     with ProcessPoolExecutor(preset.parallel, mp_context=mp.get_context("spawn"),
                              initializer=_init_worker,
                              initargs=(threads, mp.get_start_method())) as pool:
-        return run_jobs(pool, preset.parallel, jobs, needs, fn)
+        def progress(job, seconds: float, n: int, total: int) -> None:
+            log(f"[{what}] {n}/{total} done: {job_name(job)} ({seconds / 60:.1f} min)")
+
+        return run_jobs(pool, preset.parallel, jobs, needs, fn, progress)
 
 
 def by_seed(jobs) -> list[Job]:
