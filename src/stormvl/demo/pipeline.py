@@ -286,14 +286,14 @@ def in_workers(preset: Preset, jobs: list[Job], needs: dict[Job, Job], fn: Calla
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
+    def progress(job, seconds: float, n: int, total: int) -> None:
+        log(f"[{what}] {n}/{total} done: {job_name(job)} ({seconds / 60:.1f} min)")
+
     threads = max(1, (os.cpu_count() or 1) // preset.parallel)
     log(f"[{what}] {len(jobs)} jobs, {preset.parallel} at a time, {threads} thread(s) each")
     with ProcessPoolExecutor(preset.parallel, mp_context=mp.get_context("spawn"),
                              initializer=_init_worker,
                              initargs=(threads, mp.get_start_method())) as pool:
-        def progress(job, seconds: float, n: int, total: int) -> None:
-            log(f"[{what}] {n}/{total} done: {job_name(job)} ({seconds / 60:.1f} min)")
-
         return run_jobs(pool, preset.parallel, jobs, needs, fn, progress)
 
 
