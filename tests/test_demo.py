@@ -43,7 +43,7 @@ def test_outputs_exist_and_parse(demo_dir):
         assert (demo_dir / img).stat().st_size > 1000, img
     # one decoded-clip folder shared by every run, evaluation and diagnostic: each clip of
     # each split decoded once (entries: clips at the trained frame count, and probes)
-    clips = list((demo_dir / "data" / "clips").rglob("*.npz"))
+    clips = list((demo_dir / "data" / "clips").rglob("*.clip"))
     assert len(clips) >= sum(res["preset"][f"n_{s}"] for s in ("train", "val", "test", "ood"))
     # storm's Stage-I targets in one shared cache too (a per-run cache would rebuild them):
     # the training split's, and the test questions' of the alignment diagnostics

@@ -10,12 +10,16 @@ a fresh one, and a file rewritten in place is decoded again. Entries are written
 (two processes writing one key leave one complete file). Errors are never cached: a missing
 or corrupt file raises the same ``VideoError`` every time. Meant for small clips: 16 frames of
 448 x 448 are ~10 MB an entry.
+
+An entry is one JSON header line (each array's dtype and shape) and the arrays' raw bytes.
+Not ``.npz``: numpy parses each array's header with ``ast.literal_eval``, and CPython 3.11
+(before 3.11.9, gh-106905) can raise ``SystemError: AST constructor recursion depth
+mismatch`` when two threads parse at once, which the evaluation's decode threads do.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from pathlib import Path
 
@@ -41,7 +45,7 @@ class ClipReader:
             return None  # the reader raises its own error for a missing file
         key = json.dumps([str(p.resolve()), st.st_size, st.st_mtime_ns, kind, args])
         digest = hashlib.sha1(key.encode()).hexdigest()
-        return self.root / digest[:2] / f"{digest}.npz"
+        return self.root / digest[:2] / f"{digest}.clip"
 
     def probe(self, path: str | Path, timeout_s: float | None = 30.0) -> VideoInfo:
         entry = self._entry(path, "probe", [])
@@ -72,15 +76,27 @@ def _load(entry: Path | None) -> dict | None:
     if entry is None or not entry.is_file():
         return None
     try:
-        with np.load(entry) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError):
+        data = bytearray(entry.read_bytes())
+        end = data.index(b"\n")
+        header = json.loads(data[:end])
+        arrays, at = {}, end + 1
+        for name, (dtype, shape) in header.items():
+            dt = np.dtype(dtype)
+            n = dt.itemsize * int(np.prod(shape, dtype=np.int64))
+            if at + n > len(data):
+                return None  # truncated
+            arrays[name] = np.frombuffer(data, dt, count=n // dt.itemsize, offset=at).reshape(shape)
+            at += n
+        return arrays if at == len(data) else None
+    except (OSError, ValueError, TypeError, KeyError):
         return None
 
 
 def _save(entry: Path | None, **arrays) -> None:
+    """Write an entry: a header line {name: [dtype, shape]}, then each array's C-order bytes."""
     if entry is None:
         return
-    buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-    write_bytes_atomic(entry, buf.getvalue())
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    header = {k: [a.dtype.str, list(a.shape)] for k, a in arrays.items()}
+    parts = [json.dumps(header).encode() + b"\n"] + [a.tobytes() for a in arrays.values()]
+    write_bytes_atomic(entry, b"".join(parts))
