@@ -314,9 +314,11 @@ def test_cache_decoded_prepares_again_for_a_new_variant(tmp_path, monkeypatch):
     assert seen == [0, 1, None]  # prepared once for each variant
     # ... from the sample kept: decoded once and its media made once, shared by every variant
     assert len(decoded) == 1 and len(media) == 1 and ds[0].features[2] is first[2]
-    # the kept bytes: frames, timestamps and the media once, whatever the variant
+    # the kept bytes: timestamps and the media once, whatever the variant; the decoded frames
+    # are not kept once the media are made from them
     loaded = ds.decoded[0].loaded
-    assert ds.kept_bytes == loaded.frames.nbytes + loaded.timestamps.nbytes + first[2].nbytes
+    assert loaded.frames is None and loaded.media is first[2]
+    assert ds.kept_bytes == loaded.timestamps.nbytes + first[2].nbytes
     # without a cache every request decodes and makes its media again
     plain = VideoQADataset(samples, root, vc, lambda t, h, w, px: (t // 2) * 2, 2,
                            prepare=lambda x: x.media, prepare_media=lambda x: media.append(1) or 1)

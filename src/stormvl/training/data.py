@@ -90,7 +90,7 @@ class Loaded:
     """One decoded sample, before the backbone-specific preparation."""
 
     sample: Sample
-    frames: np.ndarray  # (T, H, W, 3) uint8 input video
+    frames: np.ndarray | None  # (T, H, W, 3) uint8 input video; None once ``media`` is kept
     timestamps: np.ndarray  # (T,) seconds of the frames actually sampled
     plan: VideoPlan
     thought_frames: np.ndarray | None = None  # oracle: (T', H', W', 3) appended evidence
@@ -237,10 +237,13 @@ class VideoQADataset(Dataset):
 
     def _keep(self, i: int, loaded: Loaded, variant: int | None, features: Any) -> None:
         """Remember a sample (replacing its entry for an earlier variant) while the cache is
-        under its byte bound."""
+        under its byte bound. Once its media exist the decoded frames are not kept: a new
+        variant is prepared from the media alone (the frames were ~20% of an entry)."""
         old = self.decoded.pop(i, None)
         if old is not None:
             self.kept_bytes -= old.nbytes
+        if loaded.media is not None:
+            loaded = replace(loaded, frames=None, thought_frames=None)
         size = array_bytes((loaded, features))
         if self.kept_bytes + size <= self.keep_bytes:
             self.decoded[i] = Kept(loaded, variant, features, size)
