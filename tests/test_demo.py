@@ -181,6 +181,8 @@ def test_latency_is_measured_alone_on_one_thread_the_rest_in_workers(demo_dir, t
     # each finished task is counted as it ends (a long full run shows where it is)
     done = [line for line in out.splitlines() if re.match(r"\[train\] \d+/10 done: ", line)]
     assert [int(line.split()[1].split("/")[0]) for line in done] == list(range(1, 11))
+    assert all(re.search(r" min; ~\d+ min left\)$", line) for line in done[:-1])
+    assert done[-1].endswith(" min)")
     assert {line.split(": ")[1].rsplit(" (", 1)[0] for line in done} == {
         f"{kind} {m} seed 0" for kind in ("train", "score") for m in res["methods"]}
     assert all(p.exists() for p in gone)
@@ -472,6 +474,25 @@ def test_scoring_fills_the_workers_only_when_no_training_can_start():
                                              ("oracle", 1), ("direct", 0)]]
     assert Recording.handed[:16] == train + scores + [("train", ("latent", 1)), ("train", ("storm", 1))]
     assert set(Recording.handed[16:]) == {("score", (m, 1)) for m in ("direct", "textcot", "latent", "storm")}
+
+
+def test_time_left_counts_each_job_at_its_kinds_mean_shared_by_the_workers():
+    import math
+
+    from stormvl.demo.pipeline import job_kind, time_left
+
+    assert job_kind(("train", ("storm", 3))) == ("train", "storm") == job_kind(("train", ("storm", 0)))
+    took = {("train", ("textcot", 0)): 600.0, ("train", ("textcot", 1)): 400.0,
+            ("score", ("textcot", 0)): 30.0}
+    pending = [("train", ("textcot", 2)), ("score", ("textcot", 1)), ("train", ("direct", 0))]
+    # textcot 2: 500 (its kind's mean); score: 30; direct: no kind done, the mean of all, 343.3
+    # running textcot 3 has 100 of its 500 left; the work is shared by 2 workers
+    left = time_left(took, pending, {("train", ("textcot", 3)): 400.0}, parallel=2)
+    assert left == pytest.approx((500 + 30 + 1030 / 3 + 100) / 2)
+    # a running job past its kind's mean counts nothing more; one job left gets one worker
+    assert time_left(took, [], {("train", ("textcot", 3)): 900.0}, parallel=2) == 0
+    assert time_left(took, [("score", ("textcot", 4))], {}, parallel=2) == 30
+    assert math.isnan(time_left({}, pending, {}, parallel=2))  # nothing finished: no estimate
 
 
 def test_training_workers_exit_when_the_demo_is_killed(tmp_path):

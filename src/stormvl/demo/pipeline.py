@@ -245,13 +245,14 @@ def job_order(preset: Preset) -> tuple[list[Job], dict[Job, Job]]:
 
 def run_jobs(pool: Executor, parallel: int, jobs: list[Job], needs: dict[Job, Job],
              fn: Callable[[Job], object],
-             progress: Callable[[Job, float, int, int], None] | None = None) -> dict[Job, object]:
+             progress: Callable[[Job, float, int, int, float], None] | None = None) -> dict[Job, object]:
     """Run ``fn(job)`` for every job on ``pool``, at most ``parallel`` at once, in ``jobs``
     order except that a job starts only after the one it ``needs`` has finished.
-    ``progress(job, seconds, done, total)`` is told of each job as it finishes."""
+    ``progress(job, seconds, done, total, left_s)`` is told of each job as it finishes, with
+    ``time_left``'s estimate of the rest."""
     from concurrent.futures import FIRST_COMPLETED, wait
 
-    pending, running, done, started = list(jobs), {}, {}, {}
+    pending, running, done, started, took = list(jobs), {}, {}, {}, {}
     while pending or running:
         ready = [j for j in pending if needs.get(j) is None or needs[j] in done]
         for job in ready[: max(0, parallel - len(running))]:
@@ -264,9 +265,43 @@ def run_jobs(pool: Executor, parallel: int, jobs: list[Job], needs: dict[Job, Jo
         for future in finished:
             job = running.pop(future)
             done[job] = future.result()  # a failed run stops the demo
+            took[job] = time.time() - started[job]
             if progress is not None:
-                progress(job, time.time() - started[job], len(done), len(jobs))
+                now = time.time()
+                left = time_left(took, pending, {j: now - started[j] for j in running.values()},
+                                 parallel)
+                progress(job, took[job], len(done), len(jobs), left)
     return done
+
+
+def job_kind(job) -> object:
+    """A job without its seed: ``("train", ("storm", 3))`` -> ``("train", "storm")``."""
+    if isinstance(job, tuple) and len(job) == 2 and isinstance(job[1], int):
+        return job[0]
+    return tuple(map(job_kind, job)) if isinstance(job, tuple) else job
+
+
+def time_left(took: dict[Job, float], pending: list[Job], elapsed: dict[Job, float],
+              parallel: int) -> float:
+    """Seconds until every job is done, roughly: each job not yet done is expected to take
+    the mean time of the finished jobs of its kind (another seed of the same run), or of all
+    finished jobs when none of its kind has finished (early on, an overestimate: the longest
+    runs start first); running jobs count what they have left; the sum is shared by the
+    workers (``parallel``, or fewer when fewer jobs are left). Waits between jobs are
+    ignored."""
+    if not took:
+        return float("nan")
+    kinds: dict[object, list[float]] = {}
+    for job, s in took.items():
+        kinds.setdefault(job_kind(job), []).append(s)
+    overall = sum(took.values()) / len(took)
+
+    def expect(job) -> float:
+        same = kinds.get(job_kind(job))
+        return sum(same) / len(same) if same else overall
+
+    work = sum(map(expect, pending)) + sum(max(0.0, expect(j) - e) for j, e in elapsed.items())
+    return work / max(1, min(parallel, len(pending) + len(elapsed)))
 
 
 def job_name(job) -> str:
@@ -286,8 +321,9 @@ def in_workers(preset: Preset, jobs: list[Job], needs: dict[Job, Job], fn: Calla
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    def progress(job, seconds: float, n: int, total: int) -> None:
-        log(f"[{what}] {n}/{total} done: {job_name(job)} ({seconds / 60:.1f} min)")
+    def progress(job, seconds: float, n: int, total: int, left_s: float) -> None:
+        left = f"; ~{left_s / 60:.0f} min left" if n < total and left_s == left_s else ""
+        log(f"[{what}] {n}/{total} done: {job_name(job)} ({seconds / 60:.1f} min{left})")
 
     threads = max(1, (os.cpu_count() or 1) // preset.parallel)
     log(f"[{what}] {len(jobs)} jobs, {preset.parallel} at a time, {threads} thread(s) each")
