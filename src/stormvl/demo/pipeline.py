@@ -322,7 +322,8 @@ def in_workers(preset: Preset, jobs: list[Job], needs: dict[Job, Job], fn: Calla
     from concurrent.futures import ProcessPoolExecutor
 
     def progress(job, seconds: float, n: int, total: int, left_s: float) -> None:
-        left = f"; ~{left_s / 60:.0f} min left" if n < total and left_s == left_s else ""
+        left = "" if n == total or left_s != left_s else (
+            f"; ~{left_s / 60:.0f} min left" if left_s >= 90 else "; ~1 min left")
         log(f"[{what}] {n}/{total} done: {job_name(job)} ({seconds / 60:.1f} min{left})")
 
     threads = max(1, (os.cpu_count() or 1) // preset.parallel)
