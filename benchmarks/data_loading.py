@@ -102,6 +102,10 @@ def main() -> None:
                 for i in range(len(samples)):
                     curriculum[media][(i, variant)]
                 stages[media].append((time.perf_counter() - t0) / len(samples))
+        # memory: what a kept entry holds, and the decoded frames it no longer holds
+        kept_kb = curriculum[True].kept_bytes / len(samples) / 1024
+        frames_kb = sum(curriculum[True].load(i).frames.nbytes for i in range(len(samples)))
+        frames_kb /= len(samples) * 1024
     fresh, warm = statistics.median(firsts[False]), statistics.median(firsts[True])
     frames_only, kept = statistics.median(stages[False]), statistics.median(stages[True])
     print(f"{len(samples)} clips of {args.frames} x {args.size}px, epochs 2..{args.epochs}:")
@@ -116,6 +120,8 @@ def main() -> None:
     print(f"  from kept frames       {frames_only * 1e3:7.2f} ms/item")
     print(f"  from kept tower inputs {kept * 1e3:7.2f} ms/item")
     print(f"  ratio frames / inputs = {frames_only / kept:.1f}  [goal >= 1.5]")
+    print(f"  kept per item {kept_kb:.1f} KiB; its frames, not kept once the inputs are made, "
+          f"would add {frames_kb:.1f} KiB ({frames_kb / (kept_kb + frames_kb):.0%})")
 
 
 if __name__ == "__main__":
