@@ -2,6 +2,7 @@
 
 import json
 import re
+from functools import partial
 
 import pytest
 
@@ -478,21 +479,35 @@ def test_scoring_fills_the_workers_only_when_no_training_can_start():
 
 def test_time_left_counts_each_job_at_its_kinds_mean_shared_by_the_workers():
     import math
+    from dataclasses import replace
 
-    from stormvl.demo.pipeline import job_kind, time_left
+    from stormvl.demo.pipeline import job_kind, task_steps, time_left
+    from stormvl.demo.presets import PRESETS
 
     assert job_kind(("train", ("storm", 3))) == ("train", "storm") == job_kind(("train", ("storm", 0)))
     took = {("train", ("textcot", 0)): 600.0, ("train", ("textcot", 1)): 400.0,
             ("score", ("textcot", 0)): 30.0}
     pending = [("train", ("textcot", 2)), ("score", ("textcot", 1)), ("train", ("direct", 0))]
-    # textcot 2: 500 (its kind's mean); score: 30; direct: no kind done, the mean of all, 343.3
-    # running textcot 3 has 100 of its 500 left; the work is shared by 2 workers
+    # without sizes: textcot 2: 500 (its kind's mean); score: 30; direct: no kind done, the
+    # mean of all, 343.3; running textcot 3 has 100 of its 500 left; 2 workers share it
     left = time_left(took, pending, {("train", ("textcot", 3)): 400.0}, parallel=2)
     assert left == pytest.approx((500 + 30 + 1030 / 3 + 100) / 2)
     # a running job past its kind's mean counts nothing more; one job left gets one worker
     assert time_left(took, [], {("train", ("textcot", 3)): 900.0}, parallel=2) == 0
     assert time_left(took, [("score", ("textcot", 4))], {}, parallel=2) == 30
     assert math.isnan(time_left({}, pending, {}, parallel=2))  # nothing finished: no estimate
+    # with sizes (a run's own steps): a training run of a new kind takes the finished runs'
+    # seconds per step times its steps; a scoring task of a new kind the finished scorings'
+    # mean, and nothing while none has finished (not a training run's time)
+    preset = replace(PRESETS["full"], steps=1500, latent_from_textcot=1000)
+    size = partial(task_steps, preset)
+    assert size(("train", ("latent", 0))) == size(("train", ("storm", 2))) == 500
+    assert size(("train", ("direct", 0))) == 1500 and size(("score", ("direct", 0))) is None
+    took = {("train", ("textcot", 0)): 750.0}
+    new = [("train", ("latent", 0)), ("score", ("textcot", 0)), ("train", ("direct", 0))]
+    assert time_left(took, new, {}, 1, size) == pytest.approx(0.5 * 500 + 0 + 0.5 * 1500)
+    took[("score", ("storm", 0))] = 40.0
+    assert time_left(took, new, {}, 1, size) == pytest.approx(250 + 40 + 750)
 
 
 def test_training_workers_exit_when_the_demo_is_killed(tmp_path):

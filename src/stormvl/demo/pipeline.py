@@ -245,11 +245,12 @@ def job_order(preset: Preset) -> tuple[list[Job], dict[Job, Job]]:
 
 def run_jobs(pool: Executor, parallel: int, jobs: list[Job], needs: dict[Job, Job],
              fn: Callable[[Job], object],
-             progress: Callable[[Job, float, int, int, float], None] | None = None) -> dict[Job, object]:
+             progress: Callable[[Job, float, int, int, float], None] | None = None,
+             size: Callable[[Job], float | None] | None = None) -> dict[Job, object]:
     """Run ``fn(job)`` for every job on ``pool``, at most ``parallel`` at once, in ``jobs``
     order except that a job starts only after the one it ``needs`` has finished.
     ``progress(job, seconds, done, total, left_s)`` is told of each job as it finishes, with
-    ``time_left``'s estimate of the rest."""
+    ``time_left``'s estimate of the rest (``size``: see there)."""
     from concurrent.futures import FIRST_COMPLETED, wait
 
     pending, running, done, started, took = list(jobs), {}, {}, {}, {}
@@ -269,7 +270,7 @@ def run_jobs(pool: Executor, parallel: int, jobs: list[Job], needs: dict[Job, Jo
             if progress is not None:
                 now = time.time()
                 left = time_left(took, pending, {j: now - started[j] for j in running.values()},
-                                 parallel)
+                                 parallel, size)
                 progress(job, took[job], len(done), len(jobs), left)
     return done
 
@@ -282,23 +283,34 @@ def job_kind(job) -> object:
 
 
 def time_left(took: dict[Job, float], pending: list[Job], elapsed: dict[Job, float],
-              parallel: int) -> float:
-    """Seconds until every job is done, roughly: each job not yet done is expected to take
-    the mean time of the finished jobs of its kind (another seed of the same run), or of all
-    finished jobs when none of its kind has finished (early on, an overestimate: the longest
-    runs start first); running jobs count what they have left; the sum is shared by the
-    workers (``parallel``, or fewer when fewer jobs are left). Waits between jobs are
-    ignored."""
+              parallel: int, size: Callable[[Job], float | None] | None = None) -> float:
+    """Seconds until every job is done, roughly (waits between jobs are ignored).
+
+    A job not yet done is expected to take the mean time of the finished jobs of its kind
+    (another seed of the same run). While none of its kind has finished: a job with a
+    ``size`` (a training run's steps) takes the finished sized jobs' seconds per unit times
+    its size; one without takes the mean of the finished jobs without one; with nothing
+    comparable finished it is not counted yet. Without ``size`` every job is comparable.
+    Running jobs count what they have left; the sum is shared by the workers (``parallel``,
+    or fewer when fewer jobs are left).
+    """
     if not took:
         return float("nan")
+    size = size or (lambda job: None)
     kinds: dict[object, list[float]] = {}
     for job, s in took.items():
         kinds.setdefault(job_kind(job), []).append(s)
-    overall = sum(took.values()) / len(took)
+    sized = [(s, size(j)) for j, s in took.items() if size(j) is not None]
+    unsized = [s for j, s in took.items() if size(j) is None]
 
     def expect(job) -> float:
-        same = kinds.get(job_kind(job))
-        return sum(same) / len(same) if same else overall
+        same, n = kinds.get(job_kind(job)), size(job)
+        if same:
+            return sum(same) / len(same)
+        if n is not None:
+            units = sum(u for _, u in sized)
+            return sum(s for s, _ in sized) / units * n if units else 0.0
+        return sum(unsized) / len(unsized) if unsized else 0.0
 
     work = sum(map(expect, pending)) + sum(max(0.0, expect(j) - e) for j, e in elapsed.items())
     return work / max(1, min(parallel, len(pending) + len(elapsed)))
@@ -312,7 +324,8 @@ def job_name(job) -> str:
 
 
 def in_workers(preset: Preset, jobs: list[Job], needs: dict[Job, Job], fn: Callable[[Job], object],
-               log: Log, what: str) -> dict[Job, object]:
+               log: Log, what: str, size: Callable[[Job], float | None] | None = None
+               ) -> dict[Job, object]:
     """``fn(job)`` for every job: in this process when ``preset.parallel`` <= 1 (``jobs`` must
     then list each job after the one it needs), else ``parallel`` spawned processes with the
     cores split between them. ``fn`` must be picklable (a module function or a partial)."""
@@ -331,7 +344,7 @@ def in_workers(preset: Preset, jobs: list[Job], needs: dict[Job, Job], fn: Calla
     with ProcessPoolExecutor(preset.parallel, mp_context=mp.get_context("spawn"),
                              initializer=_init_worker,
                              initargs=(threads, mp.get_start_method())) as pool:
-        return run_jobs(pool, preset.parallel, jobs, needs, fn, progress)
+        return run_jobs(pool, preset.parallel, jobs, needs, fn, progress, size)
 
 
 def by_seed(jobs) -> list[Job]:
@@ -358,14 +371,25 @@ def train_all(preset: Preset, manifest: Path, out: Path, log: Log,
         ({job: (global step, checkpoint) pairs}, {job: what ``score`` returned}), by seed
     """
     tasks, after = task_order(preset, score is not None)
+    # print: `log` may not pickle
     fn = partial(_task, preset, manifest, out, print if preset.parallel > 1 else log, score)
-    done = in_workers(preset, tasks, after, fn, log, "train")  # print: `log` may not pickle
+    done = in_workers(preset, tasks, after, fn, log, "train", partial(task_steps, preset))
     order = by_seed(job for kind, job in tasks if kind == "train")
     return ({job: done["train", job] for job in order},
             {job: done["score", job] for job in order if ("score", job) in done})
 
 
 Task = tuple[str, Job]  # ("train" | "score", (method, seed))
+
+
+def task_steps(preset: Preset, task: Task) -> int | None:
+    """A training task's own optimizer steps (latent and storm from textcot's checkpoint
+    train only the rest of the budget); None for scoring (the time-left estimate's size)."""
+    kind, (method, _) = task
+    if kind != "train":
+        return None
+    from_textcot = preset.latent_from_textcot if method in ("latent", "storm") else 0
+    return preset.steps - from_textcot
 
 
 def task_order(preset: Preset, score: bool) -> tuple[list[Task], dict[Task, Task]]:
