@@ -83,8 +83,8 @@ def _load(entry: Path | None) -> dict | None:
         for name, (dtype, shape) in header.items():
             dt = np.dtype(dtype)
             n = dt.itemsize * int(np.prod(shape, dtype=np.int64))
-            if at + n > len(data):
-                return None  # truncated
+            if n < 0 or at + n > len(data):
+                return None  # damaged or truncated
             arrays[name] = np.frombuffer(data, dt, count=n // dt.itemsize, offset=at).reshape(shape)
             at += n
         return arrays if at == len(data) else None

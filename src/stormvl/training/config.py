@@ -200,8 +200,8 @@ class DataConfig:
     # keep each decoded, prepared sample in memory (in each loader worker), so epochs after
     # the first decode and preprocess nothing: for small datasets trained for many epochs
     # (the demo's suite: decoding and preprocessing were most of the CPU time). Costs the
-    # sample's pixel tensors (float32, ~5x the uint8 frames, which are not kept), up to cache_decoded_gb per
-    # worker; past it, further samples are prepared each time (under random sampling,
+    # sample's pixel tensors (float32, ~5x the uint8 frames, which are not kept), up to
+    # cache_decoded_gb per worker; past it, further samples are prepared each time (under random sampling,
     # keeping the first that fit hits as often as an LRU would, without churn). A new text
     # variant (the latent curriculum's next stage) re-tokenises a kept sample, nothing more
     cache_decoded: bool = False
