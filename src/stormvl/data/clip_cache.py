@@ -12,9 +12,10 @@ or corrupt file raises the same ``VideoError`` every time. Meant for small clips
 448 x 448 are ~10 MB an entry.
 
 An entry is one JSON header line (each array's dtype and shape) and the arrays' raw bytes.
-Not ``.npz``: numpy parses each array's header with ``ast.literal_eval``, and CPython 3.11
-(before 3.11.9, gh-106905) can raise ``SystemError: AST constructor recursion depth
-mismatch`` when two threads parse at once, which the evaluation's decode threads do.
+Not ``.npz``: numpy parses each array's header with ``ast.literal_eval``, and CPython 3.11.7
+raised ``SystemError: AST constructor recursion depth mismatch`` in our CI when two threads
+parsed at once (the evaluation's two decode threads reading this folder); the AST
+constructor's recursion counter is interpreter-wide state, not per thread.
 """
 
 from __future__ import annotations
