@@ -10,7 +10,7 @@ from stormvl.data.manifest import (
     resolve_media,
     write_manifest,
 )
-from stormvl.errors import ManifestError
+from stormvl.errors import ManifestError, UserError
 
 GOOD = {"id": "a", "video": "v/a.mp4", "question": "q?", "options": ["x", "y", "z"], "answer": "B"}
 
@@ -74,3 +74,21 @@ def test_appender_survives_torn_tail(tmp_path):
     with JsonlAppender(p) as log:
         log.write({"i": 2})
     assert read_jsonl_tolerant(p) == [{"i": 0}, {"i": 2}]
+
+
+def test_read_json_names_the_file_for_missing_damaged_and_binary(tmp_path):
+    from stormvl.io import read_json
+
+    good = tmp_path / "good.json"
+    good.write_text('{"a": [1, 2]}')
+    assert read_json(good) == {"a": [1, 2]}
+    with pytest.raises(UserError, match=r"nope\.json: annotation file not found"):
+        read_json(tmp_path / "nope.json", "annotation file")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"a": 1,\n "b": }')
+    with pytest.raises(ManifestError, match=r"bad\.json: not valid JSON \(.* at line 2\)"):
+        read_json(bad, error=ManifestError)
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00{")
+    with pytest.raises(UserError, match=r"binary\.json: not UTF-8 text"):
+        read_json(binary)

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from stormvl.errors import UserError
-from stormvl.io import quiet_libraries
+from stormvl.io import quiet_libraries, read_json
 
 app = typer.Typer(
     add_completion=False,
@@ -319,17 +319,12 @@ def demo(
 @app.command()
 def report(folder: Path = typer.Argument(..., help="a demo output folder with results.json")) -> None:
     """Rebuild report.md / index.html / plots from a results folder."""
-    import json
-
     from stormvl.report.demo_report import headline, write_report
 
     path = folder / "results.json"
     if not path.is_file():
         raise UserError(f"{path}: not found (run `stormvl demo --out {folder}` first)")
-    try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc.msg})") from None
+    results = read_json(path)
     write_report(results, folder)
     print(headline(results))
 

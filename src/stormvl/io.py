@@ -1,7 +1,8 @@
-"""Atomic file writes: a killed process never leaves a half-written result behind.
+"""File IO at the edges: atomic writes, and JSON reads that fail with the file named.
 
 Every job that writes a result (JSON summaries, reports, manifests) writes a temporary file
-beside the target and renames it over the target; the rename is atomic on POSIX.
+beside the target and renames it over the target; the rename is atomic on POSIX, so a killed
+process never leaves a half-written result behind.
 """
 
 from __future__ import annotations
@@ -43,6 +44,20 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
     """``obj`` as indented JSON (numpy / torch scalars become floats), atomically."""
     return write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=float) + "\n")
+
+
+def read_json(path: str | Path, what: str = "file", error: type[Exception] = UserError) -> Any:
+    """The value of a JSON file; ``error`` naming the file when it is missing or unreadable
+    (a user's annotation file, or a record a user edited by hand), never a bare traceback."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not UTF-8 text") from None
 
 
 @contextmanager

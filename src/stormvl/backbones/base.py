@@ -28,6 +28,7 @@ import torch.utils.checkpoint
 from transformers import DynamicCache
 
 from stormvl.backbones.tower_cache import TowerCache
+from stormvl.io import read_json
 
 LATENT_TOKENS = ("<|latent_start|>", "<|latent|>", "<|latent_end|>")
 DEFAULT_MAX_LATENTS = 64
@@ -254,12 +255,7 @@ def use_batched_vision_attention(visual) -> None:
 def read_stormvl_meta(path: str | Path) -> dict | None:
     """The ``stormvl.json`` beside a checkpoint's weights, or None for a plain HF model."""
     p = Path(path) / META_FILE
-    if not p.is_file():
-        return None
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{p}: not valid JSON ({exc})") from None
+    return read_json(p) if p.is_file() else None
 
 
 class Backbone:

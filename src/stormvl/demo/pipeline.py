@@ -27,7 +27,7 @@ from pathlib import Path
 
 from stormvl.demo.presets import METHODS, OOD_SHIFTS, Preset, shift_render
 from stormvl.errors import UserError
-from stormvl.io import quiet_libraries, write_json_atomic
+from stormvl.io import quiet_libraries, read_json, write_json_atomic
 
 Log = Callable[[str], None]
 Job = tuple[str, int]  # (method, seed)
@@ -52,7 +52,7 @@ def _check_preset(out: Path, preset: Preset) -> dict:
     want = dataclasses.asdict(preset)
     want = json.loads(json.dumps(want))  # tuples -> lists, as stored
     if record.exists():
-        have = json.loads(record.read_text())
+        have = read_json(record)
         # a setting added after the folder was made counts as its default there
         defaults = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(Preset)
                                           if f.default is not dataclasses.MISSING}))
@@ -430,7 +430,7 @@ def evaluate_checkpoint(ckpt_dir: Path, jobs: list[tuple[Path, Path]], batch: in
     for data_dir, out in jobs:
         done = out / "results.json"
         if done.exists():
-            results.append(json.loads(done.read_text()))
+            results.append(read_json(done))
             continue
         if runner is None:
             settings = evaluation.EvalSettings(batch_size=batch,

@@ -9,7 +9,6 @@ untouched run.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from stormvl.diagnostics import metrics
-from stormvl.io import write_json_atomic
+from stormvl.io import read_json, write_json_atomic
 
 
 class Intervention(nn.Module):
@@ -130,7 +129,7 @@ def diagnose(ckpts, test_dir: Path, out_json: Path, preset, alignment: bool = Fa
     from stormvl.tasks import load_benchmark
 
     if out_json.exists():
-        return json.loads(out_json.read_text())
+        return read_json(out_json)
     model = evaluation.load_model(ckpts[-1][1])
     settings = evaluation.EvalSettings(batch_size=preset.eval_batch,
                                        clip_cache=str(clip_cache) if clip_cache else None)

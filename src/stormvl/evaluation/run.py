@@ -22,7 +22,7 @@ from stormvl.data.manifest import JsonlAppender, read_jsonl_tolerant
 from stormvl.errors import UserError
 from stormvl.evaluation.model import answer_part, cpu_description, package_versions, text_sha
 from stormvl.evaluation.runner import Prepared, Runner
-from stormvl.io import exclusive_folder, write_text_atomic
+from stormvl.io import exclusive_folder, read_json, write_text_atomic
 from stormvl.tasks.base import EvalItem
 
 
@@ -53,7 +53,7 @@ def check_settings(out: Path, key: dict, write: bool) -> None:
     """Refuse an OUTDIR holding predictions made with other settings; record ours."""
     path = out / "settings.json"
     if path.exists():
-        old = json.loads(path.read_text())
+        old = read_json(path)
         diff = sorted(k for k in set(key) | set(old) if key.get(k) != old.get(k))
         if diff:
             raise UserError(

@@ -8,7 +8,6 @@ frames from ``item.video`` (with ``item.start`` / ``item.end``), build the text 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,14 +114,6 @@ def require_file(path: Path, what: str) -> Path:
     if not path.is_file():
         raise UserError(f"{path}: {what} not found")
     return path
-
-
-def read_json(path: Path) -> Any:
-    require_file(path, "annotation file")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
 def read_parquet_rows(folder: Path, what: str) -> tuple[list[dict], str]:

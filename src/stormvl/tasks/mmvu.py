@@ -17,7 +17,8 @@ from pathlib import Path
 
 from stormvl.data.manifest import resolve_media
 from stormvl.errors import UserError
-from stormvl.tasks.base import EvalItem, PromptConfig, read_json, require_fields, require_video
+from stormvl.io import read_json
+from stormvl.tasks.base import EvalItem, PromptConfig, require_fields, require_video
 
 NAME = "mmvu"
 BREAKDOWNS = ("discipline", "subject", "question_type")
@@ -50,7 +51,7 @@ def load(data: Path, prompt: PromptConfig | None = None, check_media: bool = Tru
     prompt = prompt or PromptConfig()
     data = Path(data)
     path = data / "validation.json"
-    rows = read_json(path)
+    rows = read_json(path, "annotation file")
     if not isinstance(rows, list):
         raise UserError(f"{path}: expected a JSON list of question rows")
     items = []

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from stormvl.data.manifest import LETTERS, resolve_media
 from stormvl.errors import UserError
-from stormvl.tasks.base import EvalItem, PromptConfig, read_json, require_fields
+from stormvl.io import read_json
+from stormvl.tasks.base import EvalItem, PromptConfig, require_fields
 
 NAME = "mvbench"
 BREAKDOWNS = ("task",)
@@ -63,7 +64,7 @@ def load(data: Path, prompt: PromptConfig | None = None, check_media: bool = Tru
     for task in names:
         folder, is_frames, bounded = TASKS[task]
         path = data / "json" / f"{task}.json"
-        rows = read_json(path)
+        rows = read_json(path, "annotation file")
         if not isinstance(rows, list):
             raise UserError(f"{path}: expected a JSON list of question rows")
         for i, row in enumerate(rows):

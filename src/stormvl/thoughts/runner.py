@@ -48,7 +48,7 @@ from stormvl.data.manifest import (
 )
 from stormvl.data.video import decode_frames, probe, write_video
 from stormvl.errors import ManifestError, UserError, VideoError
-from stormvl.io import write_json_atomic, write_text_atomic
+from stormvl.io import read_json, write_json_atomic, write_text_atomic
 from stormvl.thoughts.base import Generator, InputClip, check_video
 
 Log = Callable[[str], None]
@@ -179,7 +179,7 @@ def _check_run_record(out: Path, record: dict, overwrite: bool) -> None:
     """Refuse to resume ``out`` with a different generator, config or input manifest."""
     path = out / "run.json"
     if path.exists() and not overwrite:
-        old = json.loads(path.read_text())
+        old = read_json(path)
         if old != record:
             diff = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
             raise UserError(
@@ -395,11 +395,11 @@ def merge_shards(dirs: list[str | Path], out: str | Path | None = None) -> RunSt
         man_name, stats_name = output_names((i, n))
         if not (d / stats_name).is_file():
             raise UserError(f"{d / stats_name}: missing (shard {i}/{n} did not finish)")
-        raw = json.loads((d / stats_name).read_text())
+        raw = read_json(d / stats_name)
         raw.pop("summary", None)
         parts.append((d, RunStats(**raw), read_manifest(d / man_name)))
     first = parts[0][1]
-    runs = {json.dumps(json.loads((d / "run.json").read_text()), sort_keys=True) for d, _, _ in parts}
+    runs = {json.dumps(read_json(d / "run.json"), sort_keys=True) for d, _, _ in parts}
     if len(runs) > 1 or any(st.input != first.input for _, st, _ in parts):
         raise UserError("shards were made with different inputs, generators or configs")
     ids = [i for _, st, _ in parts for i in st.ids]

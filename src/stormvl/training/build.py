@@ -14,6 +14,7 @@ import torch
 
 from stormvl.config import to_dict
 from stormvl.errors import UserError
+from stormvl.io import read_json
 from stormvl.training.checkpoint import read_meta
 from stormvl.training.config import TrainConfig
 from stormvl.training.targets import vision_modules
@@ -46,7 +47,7 @@ def config_family(cfg: TrainConfig) -> str | None:
         return cfg.model.family
     cfg_file = Path(cfg.model.backbone) / "config.json"
     if cfg_file.is_file():
-        return json.loads(cfg_file.read_text()).get("model_type")
+        return read_json(cfg_file).get("model_type")
     return None
 
 

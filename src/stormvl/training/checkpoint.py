@@ -17,7 +17,6 @@ States load with ``torch.load(weights_only=True)`` and weights only from safeten
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import shutil
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from stormvl.errors import UserError
+from stormvl.io import read_json
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 TRAINER_STATE = "trainer_state.pt"
@@ -160,7 +160,4 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: checkpoint folder not found")
     if not f.is_file():
         raise UserError(f"{path}: no stormvl.json (not a stormvl checkpoint)")
-    try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{f}: not valid JSON ({exc.msg})") from None
+    return read_json(f)

@@ -25,6 +25,7 @@ from typing import Any
 
 from stormvl.data.manifest import LETTERS, MAX_OPTIONS, Sample, parse_row
 from stormvl.errors import ManifestError
+from stormvl.io import read_json
 
 # "A. text", "(A) text", "A) text", "A: text" at the start of a line.
 _OPTION_LINE = re.compile(r"^\s*\(?([A-J])[.):]\s*(.+?)\s*$")
@@ -150,12 +151,7 @@ def spec_from_dataset_info(info_path: str | Path, name: str) -> LlamaFactorySpec
             sharegpt file, or names no messages column.
     """
     info_path = Path(info_path)
-    if not info_path.is_file():
-        raise ManifestError(f"{info_path}: dataset_info.json not found")
-    try:
-        registry = json.loads(info_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{info_path}: not valid JSON ({exc.msg})") from None
+    registry = read_json(info_path, "dataset_info.json", ManifestError)
     if name not in registry:
         raise ManifestError(f"{info_path}: no dataset named {name!r} (have {sorted(registry)})")
     entry = registry[name]
