@@ -300,16 +300,17 @@ def time_left(took: dict[Job, float], pending: list[Job], elapsed: dict[Job, flo
     kinds: dict[object, list[float]] = {}
     for job, s in took.items():
         kinds.setdefault(job_kind(job), []).append(s)
-    sized = [(s, size(j)) for j, s in took.items() if size(j) is not None]
-    unsized = [s for j, s in took.items() if size(j) is None]
+    units = {j: size(j) for j in took}
+    sized = [(s, units[j]) for j, s in took.items() if units[j] is not None]
+    unsized = [s for j, s in took.items() if units[j] is None]
 
     def expect(job) -> float:
         same, n = kinds.get(job_kind(job)), size(job)
         if same:
             return sum(same) / len(same)
         if n is not None:
-            units = sum(u for _, u in sized)
-            return sum(s for s, _ in sized) / units * n if units else 0.0
+            total = sum(u for _, u in sized)
+            return sum(s for s, _ in sized) / total * n if total else 0.0
         return sum(unsized) / len(unsized) if unsized else 0.0
 
     work = sum(map(expect, pending)) + sum(max(0.0, expect(j) - e) for j, e in elapsed.items())
