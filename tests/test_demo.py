@@ -2,6 +2,9 @@
 
 import json
 import re
+import subprocess
+import sys
+import time
 from functools import partial
 
 import pytest
@@ -33,6 +36,8 @@ def test_outputs_exist_and_parse(demo_dir):
     s1 = res["diagnostics"]["storm (end of Stage I)"]["0"]
     assert "stage1" in s1["checkpoint"] and "stage2" in res["diagnostics"]["storm"]["0"]["checkpoint"]
     assert "| storm (end of Stage I) | 0 |" in (demo_dir / "report.md").read_text()
+    assert not (demo_dir / ".stage.json").exists()  # every stage ended: no mark left
+    assert res["time"]["interrupted"] == 0
     storm = res["diagnostics"]["storm"]["0"]
     assert {"swap", "zero", "noise"} <= set(storm["interventions"])
     assert len(storm["alignment"]["final_cos_per_step"]) == res["preset"]["k"]
@@ -124,6 +129,61 @@ def test_the_time_goal_is_checked_against_the_recorded_time(demo_dir):
     for minutes, met in ((total * 2, True), (total / 2, False)):
         row = [g for g in goals(res, replace(PRESETS["test"], minutes=minutes)) if "min (wall" in g["goal"]]
         assert len(row) == 1 and row[0]["met"] is met and row[0]["value"] == total
+
+
+def test_a_failed_stage_is_counted_by_the_next_invocation_and_an_ended_one_once(tmp_path):
+    from stormvl.data.manifest import read_jsonl_tolerant
+    from stormvl.demo.assemble import time_spent
+    from stormvl.demo.pipeline import RUNNING, TIMING, recover_interrupted, timed
+    from stormvl.demo.presets import PRESETS
+
+    with timed(tmp_path, "data", PRESETS["test"], heartbeat_s=60):
+        pass
+    assert not (tmp_path / RUNNING).exists()
+    with pytest.raises(KeyboardInterrupt), timed(tmp_path, "train", PRESETS["test"], heartbeat_s=60):
+        time.sleep(0.3)
+        raise KeyboardInterrupt
+    rows = read_jsonl_tolerant(tmp_path / TIMING)
+    assert [r["stage"] for r in rows] == ["data"] and not rows[0].get("interrupted")
+    said = []
+    recover_interrupted(tmp_path, said.append)
+    recover_interrupted(tmp_path, said.append)  # once only
+    rows = read_jsonl_tolerant(tmp_path / TIMING)
+    # the heartbeat is 60 s: only the mark written on the way out knows the 0.3 s
+    assert [r["stage"] for r in rows] == ["data", "train"] and rows[1]["interrupted"] is True
+    assert 0.3 <= rows[1]["s"] < 30 and len(said) == 1 and "train stage was interrupted" in said[0]
+    t = time_spent(tmp_path)
+    assert t["interrupted"] == 1 and t["invocations"] == 1 and t["stages_min"]["train"] > 0
+    (tmp_path / RUNNING).write_text('{"stage": "eval", "started": ')  # damaged: said, dropped
+    recover_interrupted(tmp_path, said.append)
+    assert "unreadable" in said[-1] and not (tmp_path / RUNNING).exists()
+    assert len(read_jsonl_tolerant(tmp_path / TIMING)) == 2
+
+
+def test_a_stage_killed_by_sigkill_counts_up_to_its_last_heartbeat(tmp_path):
+    """Nothing runs in a process killed by SIGKILL: the heartbeat mark is all that is left."""
+    from stormvl.data.manifest import read_jsonl_tolerant
+    from stormvl.demo.pipeline import RUNNING, TIMING, recover_interrupted
+
+    script = ("import time; from pathlib import Path; from stormvl.demo.pipeline import timed; "
+              "from stormvl.demo.presets import PRESETS\n"
+              f"with timed(Path({str(tmp_path)!r}), 'train', PRESETS['test'], heartbeat_s=0.1):\n"
+              "    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    mark, lived, deadline = tmp_path / RUNNING, 0.0, time.time() + 60
+    while lived < 1.0 and time.time() < deadline and proc.poll() is None:
+        if mark.is_file():
+            m = json.loads(mark.read_text())  # written atomically
+            lived = m["alive"] - m["started"]
+        time.sleep(0.05)
+    t_kill = time.time()
+    proc.kill()
+    proc.wait()
+    assert lived >= 1.0 and not (tmp_path / TIMING).exists()
+    recover_interrupted(tmp_path, lambda line: None)
+    (row,) = read_jsonl_tolerant(tmp_path / TIMING)
+    assert row["stage"] == "train" and row["interrupted"] is True
+    assert 1.0 <= row["s"] <= t_kill - m["started"] + 0.5
 
 
 def test_rerun_resumes_without_retraining(demo_dir, capsys):

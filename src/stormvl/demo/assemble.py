@@ -206,5 +206,6 @@ def time_spent(out: Path) -> dict | None:
         per[r["stage"]] = per.get(r["stage"], 0.0) + r["s"] / 60
     return {"stages_min": {k: round(v, 2) for k, v in per.items()},
             "total_min": round(sum(per.values()), 2), "invocations": sum(r["stage"] == "data" for r in rows),
+            "interrupted": sum(bool(r.get("interrupted")) for r in rows),
             "cores": max(r.get("cores") or 0 for r in rows),
             "cpu": ", ".join(sorted({r["cpu"] for r in rows if r.get("cpu")})) or "not recorded"}

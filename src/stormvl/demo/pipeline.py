@@ -40,6 +40,10 @@ SPEED_ONLY = ("parallel", "synth_workers", "data_workers", "minutes")
 EXTENT = ("seeds", "methods", "ood_shifts")
 STAGE1_DIAG = "storm (end of Stage I)"  # diagnostics row of storm's last Stage-I checkpoint
 TIMING = "timing.jsonl"  # wall seconds per stage and invocation
+# the stage running now: its record-to-be, when it started and when it last showed life; a
+# demo killed mid-stage (even by SIGKILL) leaves it for the next invocation to count
+RUNNING = ".stage.json"
+HEARTBEAT_S = 30.0
 
 
 def _check_preset(out: Path, preset: Preset) -> dict:
@@ -516,22 +520,71 @@ def run_demo(preset: Preset, out: str | Path, log: Log = print) -> dict:
 
 
 @contextmanager
-def timed(out: Path, stage: str, preset: Preset):
+def timed(out: Path, stage: str, preset: Preset, heartbeat_s: float = HEARTBEAT_S):
     """Append the wall seconds of ``stage`` to ``out/timing.jsonl`` when it ends.
 
-    The report sums them over every invocation (a resumed demo adds what it did); a stage
-    that was killed or failed records nothing.
+    The report sums them over every invocation (a resumed demo adds what it did). A stage
+    that does not end (killed, failed) counts too, up to its last sign of life: while it
+    runs, ``out/.stage.json`` is rewritten every ``heartbeat_s`` seconds, and the next
+    invocation records it (``recover_interrupted``), so a killed and resumed demo cannot
+    report less time than it took (at most one heartbeat is lost).
     """
-    from stormvl.data.manifest import JsonlAppender
+    import threading
+
     from stormvl.evaluation.model import cpu_description
 
+    record = {"stage": stage, "cores": os.cpu_count(), "cpu": cpu_description(),
+              "parallel": preset.parallel, "seeds": preset.seeds, "methods": list(preset.methods)}
     t0 = time.time()
-    yield
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            write_json_atomic(out / RUNNING, {**record, "started": t0, "alive": time.time()})
+            if stop.wait(heartbeat_s):
+                return
+
+    thread = threading.Thread(target=beat, name="stage-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    except BaseException:  # failed or interrupted: the mark stays, alive as of now
+        stop.set()
+        thread.join()
+        write_json_atomic(out / RUNNING, {**record, "started": t0, "alive": time.time()})
+        raise
+    stop.set()
+    thread.join()
+    now = time.time()
+    _append_timing(out, record, now - t0, now)
+    (out / RUNNING).unlink(missing_ok=True)  # killed just before this: counted twice, not lost
+
+
+def _append_timing(out: Path, record: dict, seconds: float, ended: float, **extra) -> None:
+    from stormvl.data.manifest import JsonlAppender
+
     with JsonlAppender(out / TIMING) as log:
-        log.write({"stage": stage, "s": round(time.time() - t0, 1), "cores": os.cpu_count(),
-                   "cpu": cpu_description(),
-                   "parallel": preset.parallel, "seeds": preset.seeds, "methods": list(preset.methods),
-                   "ended": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        log.write({**record, "s": round(seconds, 1),
+                   "ended": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ended)), **extra})
+
+
+def recover_interrupted(out: Path, log: Log) -> None:
+    """Count a stage an earlier invocation did not end (``timed``) from its start to its
+    last heartbeat, as an ``interrupted`` record of ``timing.jsonl``."""
+    mark = out / RUNNING
+    if not mark.is_file():
+        return
+    try:
+        run = read_json(mark)
+        started, alive, stage = float(run.pop("started")), float(run.pop("alive")), str(run["stage"])
+    except (UserError, KeyError, TypeError, ValueError, AttributeError):  # its time is lost
+        log(f"[time] {mark}: unreadable, the interrupted stage's time is not counted")
+        mark.unlink()
+        return
+    _append_timing(out, run, max(0.0, alive - started), alive, interrupted=True)
+    log(f"[time] an earlier invocation's {stage} stage was interrupted after "
+        f"{(alive - started) / 60:.1f} min; counted")
+    mark.unlink()
 
 
 def _run_demo(preset: Preset, out: Path, log: Log) -> dict:
@@ -539,6 +592,7 @@ def _run_demo(preset: Preset, out: Path, log: Log) -> dict:
     from stormvl.report.demo_report import write_report
 
     record = _check_preset(out, preset)
+    recover_interrupted(out, log)
     with timed(out, "data", preset):
         data = make_data(preset, out / "data", log)
     write_json_atomic(out / "demo.json", record)

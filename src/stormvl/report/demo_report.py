@@ -82,7 +82,9 @@ def _time_section(res: dict) -> list[str]:
     return ["## Wall time (minutes)", "",
             md_table(["stage", "minutes"], rows), "",
             f"Summed over the {t['invocations']} invocation(s) recorded in timing.jsonl on "
-            f"{t['cores']} cores ({t.get('cpu', 'not recorded')}); a stage that was killed before it ended is not counted. "
+            f"{t['cores']} cores ({t.get('cpu', 'not recorded')}); a stage that did not end (killed, "
+            f"failed) counts up to its last heartbeat, at most 30 s short "
+            f"({t.get('interrupted', 0)} such stage(s) here). "
             "`train` includes scoring each finished run (val curve, ood splits, diagnostics) in "
             "the training workers; `eval` is the test split (latency), one run at a time.", ""]
 
