@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from stormvl.demo.pipeline import HEARTBEAT_S
 from stormvl.io import write_text_atomic
 from stormvl.report.render import bar_plot, html_page, line_plot, md_table
 
@@ -83,7 +84,7 @@ def _time_section(res: dict) -> list[str]:
             md_table(["stage", "minutes"], rows), "",
             f"Summed over the {t['invocations']} invocation(s) recorded in timing.jsonl on "
             f"{t['cores']} cores ({t.get('cpu', 'not recorded')}); a stage that did not end (killed, "
-            f"failed) counts up to its last heartbeat, at most 30 s short "
+            f"failed) counts up to its last heartbeat, at most {HEARTBEAT_S:g} s short "
             f"({t.get('interrupted', 0)} such stage(s) here). "
             "`train` includes scoring each finished run (val curve, ood splits, diagnostics) in "
             "the training workers; `eval` is the test split (latency), one run at a time.", ""]
