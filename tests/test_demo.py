@@ -568,10 +568,6 @@ def test_time_left_counts_each_job_at_its_kinds_mean_shared_by_the_workers():
     assert time_left(took, new, {}, 1, size) == pytest.approx(0.5 * 500 + 0 + 0.5 * 1500)
     took[("score", ("storm", 0))] = 40.0
     assert time_left(took, new, {}, 1, size) == pytest.approx(250 + 40 + 750)
-    # a resumed demo: runs found finished end at once and are no sample of their kind
-    resumed = {**took, ("train", ("textcot", 1)): 0.01, ("train", ("direct", 1)): 0.02}
-    assert time_left(resumed, new, {}, 1, size) == pytest.approx(250 + 40 + 750)
-    assert math.isnan(time_left({("train", ("textcot", 1)): 0.01}, new, {}, 1, size))
 
 
 def test_training_workers_exit_when_the_demo_is_killed(tmp_path):

@@ -44,7 +44,6 @@ TIMING = "timing.jsonl"  # wall seconds per stage and invocation
 # demo killed mid-stage (even by SIGKILL) leaves it for the next invocation to count
 RUNNING = ".stage.json"
 HEARTBEAT_S = 30.0
-FOUND_DONE_S = 5.0  # a task this quick found its work done (a resumed demo): no time sample
 
 
 def _check_preset(out: Path, preset: Preset) -> dict:
@@ -297,11 +296,8 @@ def time_left(took: dict[Job, float], pending: list[Job], elapsed: dict[Job, flo
     its size; one without takes the mean of the finished jobs without one; with nothing
     comparable finished it is not counted yet. Without ``size`` every job is comparable.
     Running jobs count what they have left; the sum is shared by the workers (``parallel``,
-    or fewer when fewer jobs are left). Jobs that finished in under ``FOUND_DONE_S`` are no
-    sample: a resumed demo finds its finished runs done at once, and their ~0 s would make
-    the runs left look free.
+    or fewer when fewer jobs are left).
     """
-    took = {job: s for job, s in took.items() if s >= FOUND_DONE_S}
     if not took:
         return float("nan")
     size = size or (lambda job: None)
