@@ -538,9 +538,12 @@ def timed(out: Path, stage: str, preset: Preset, heartbeat_s: float = HEARTBEAT_
     t0 = time.time()
     stop = threading.Event()
 
+    def mark() -> None:  # alive as of now
+        write_json_atomic(out / RUNNING, {**record, "started": t0, "alive": time.time()})
+
     def beat() -> None:
         while True:
-            write_json_atomic(out / RUNNING, {**record, "started": t0, "alive": time.time()})
+            mark()
             if stop.wait(heartbeat_s):
                 return
 
@@ -551,7 +554,7 @@ def timed(out: Path, stage: str, preset: Preset, heartbeat_s: float = HEARTBEAT_
     except BaseException:  # failed or interrupted: the mark stays, alive as of now
         stop.set()
         thread.join()
-        write_json_atomic(out / RUNNING, {**record, "started": t0, "alive": time.time()})
+        mark()
         raise
     stop.set()
     thread.join()
