@@ -242,10 +242,18 @@ def test_latency_is_measured_alone_on_one_thread_the_rest_in_workers(demo_dir, t
     # each finished task is counted as it ends (a long full run shows where it is)
     done = [line for line in out.splitlines() if re.match(r"\[train\] \d+/10 done: ", line)]
     assert [int(line.split()[1].split("/")[0]) for line in done] == list(range(1, 11))
-    assert all(re.search(r" min; ~\d+ min left\)$", line) for line in done[:-1])
-    assert done[-1].endswith(" min)")
-    assert {line.split(": ")[1].rsplit(" (", 1)[0] for line in done} == {
-        f"{kind} {m} seed 0" for kind in ("train", "score") for m in res["methods"]}
+    name = {line: line.split(": ")[1].rsplit(" (", 1)[0] for line in done}
+    assert set(name.values()) == {f"{kind} {m} seed 0" for kind in ("train", "score") for m in res["methods"]}
+    # the tasks whose output was all there end at once and are no measure of a task: they
+    # say so and give no estimate until a task that did work has ended
+    found = {name[line] for line in done if "(found done" in line}
+    assert found == {f"train {m} seed 0" for m in res["methods"]} | {
+        f"score {m} seed 0" for m in ("textcot", "latent", "oracle")}
+    worked = [i for i, line in enumerate(done) if name[line] not in found]
+    assert all(re.search(r"\(\d+\.\d min[;)]", done[i]) for i in worked)
+    assert all(" left)" not in line for line in done[: worked[0]])
+    assert all(line.endswith(" min left)") for line in done[worked[0]:-1])
+    assert done[-1].endswith(" min)") or done[-1].endswith("(found done)")
     assert all(p.exists() for p in gone)
     again = json.loads((folder / "results.json").read_text())
     assert again["splits"] == res["splits"]
@@ -535,6 +543,31 @@ def test_scoring_fills_the_workers_only_when_no_training_can_start():
                                              ("oracle", 1), ("direct", 0)]]
     assert Recording.handed[:16] == train + scores + [("train", ("latent", 1)), ("train", ("storm", 1))]
     assert set(Recording.handed[16:]) == {("score", (m, 1)) for m in ("direct", "textcot", "latent", "storm")}
+
+
+def test_jobs_found_done_stay_out_of_the_time_left_estimate():
+    """A resumed demo finds finished runs done at once: their ~0 s must not be taken for
+    what a run takes (the full preset, resumed, once said ~1 min left with ~100 to go)."""
+    import math
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stormvl.demo.pipeline import run_jobs
+
+    jobs = [("a", s) for s in range(4)]
+    seen = []
+
+    def fake(job):
+        time.sleep(0 if job[1] < 2 else 0.05)
+        return job
+
+    with ThreadPoolExecutor(1) as pool:
+        done = run_jobs(pool, 1, jobs, {}, fake, lambda *a: seen.append(a), found=lambda j: j[1] < 2)
+    assert done == {j: j for j in jobs}  # jobs found done still run, for their results
+    assert [(job, seconds is None) for job, seconds, *_ in seen] == [
+        (("a", 0), True), (("a", 1), True), (("a", 2), False), (("a", 3), False)]
+    assert math.isnan(seen[0][4]) and math.isnan(seen[1][4])  # nothing measured yet
+    assert seen[2][4] == pytest.approx(seen[2][1])  # the one left takes what a measured one did
 
 
 def test_time_left_counts_each_job_at_its_kinds_mean_shared_by_the_workers():

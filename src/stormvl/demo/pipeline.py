@@ -179,33 +179,57 @@ def _train_once(cfg, log: Log) -> list[tuple[int, Path]]:
     return ckpt.list_checkpoints(cfg.out_dir)
 
 
+def run_stages(preset: Preset, method: str) -> list[tuple[str, int, int]]:
+    """A run's training stages: (sub-folder, the global step it starts at, its own steps).
+
+    storm trains Stage I then Stage II (``stage1/``, ``stage2/``) within the same step
+    budget; the other methods one stage in the run's folder. With ``latent_from_textcot`` = N
+    latent and storm start at step N, from textcot's checkpoint there.
+    """
+    start = preset.latent_from_textcot if method in ("latent", "storm") else 0
+    if method != "storm":
+        return [("", start, preset.steps - start)]
+    s1 = preset.stage1_steps(preset.steps - start)
+    return [("stage1", start, s1), ("stage2", start + s1, preset.steps - start - s1)]
+
+
+def finished_checkpoints(preset: Preset, method: str, out: Path) -> list[tuple[int, Path]] | None:
+    """A run's checkpoints by global step, oldest first, once every stage has trained to its
+    last step; None before that."""
+    from stormvl.training import checkpoint as ckpt
+
+    found = []
+    for sub, first, steps in run_stages(preset, method):
+        ckpts = ckpt.list_checkpoints(out / sub)
+        if not ckpts or ckpts[-1][0] < steps:
+            return None
+        found += [(first + step, p) for step, p in ckpts]
+    return found
+
+
 def train_method(preset: Preset, method: str, seed: int, manifest: Path, out: Path,
                  log: Log) -> list[tuple[int, Path]]:
-    """Train one method; storm runs Stage I then Stage II within the same step budget.
-
-    With ``preset.latent_from_textcot`` = N, latent and storm start from textcot's step-N
-    checkpoint of the same seed (trained first by ``train_all``) and train the rest.
+    """Train one run, stage by stage (``run_stages``), resuming a stopped one.
 
     Returns (global step, checkpoint) pairs, oldest first; the last is the final model.
     """
-    start, init = 0, None
-    if method in ("latent", "storm") and preset.latent_from_textcot:
+    stages, init, stage1 = run_stages(preset, method), None, None
+    start = stages[0][1]
+    if start:
         from stormvl.training import checkpoint as ckpt
 
-        start = preset.latent_from_textcot  # a step textcot saves at (Preset checks)
         init = ckpt.step_dir(out.parent.parent / "textcot" / out.name, start)
         if not (init / "stormvl.json").is_file():
             raise UserError(f"{method} seed {seed} starts from textcot's checkpoint {init}, which "
                             "does not exist: train textcot first (include it in --methods)")
-    if method != "storm":
-        cfg = train_config(preset, method, seed, manifest, out, preset.steps - start, init=init)
-        return [(start + step, p) for step, p in _train_once(cfg, log)]
-    s1 = preset.stage1_steps(preset.steps - start)
-    first = _train_once(train_config(preset, "storm", seed, manifest, out / "stage1", s1, init=init), log)
-    second = _train_once(train_config(preset, "storm", seed, manifest, out / "stage2",
-                                      preset.steps - start - s1, stage=2, stage1=first[-1][1],
-                                      init=init), log)
-    return [(start + step, p) for step, p in first] + [(start + s1 + step, p) for step, p in second]
+    for sub, _, steps in stages:  # stage1: None, then Stage I's final checkpoint for Stage II
+        cfg = train_config(preset, method, seed, manifest, out / sub, steps,
+                           stage=2 if sub == "stage2" else 1, stage1=stage1, init=init)
+        stage1 = _train_once(cfg, log)[-1][1]
+    ckpts = finished_checkpoints(preset, method, out)
+    if ckpts is None:  # the trainer saves its last step: a bug, not bad input
+        raise RuntimeError(f"{out}: {method} seed {seed} trained, but its last checkpoint is missing")
+    return ckpts
 
 
 def _init_worker(threads: int, start_method: str) -> None:
@@ -249,15 +273,19 @@ def job_order(preset: Preset) -> tuple[list[Job], dict[Job, Job]]:
 
 def run_jobs(pool: Executor, parallel: int, jobs: list[Job], needs: dict[Job, Job],
              fn: Callable[[Job], object],
-             progress: Callable[[Job, float, int, int, float], None] | None = None,
-             size: Callable[[Job], float | None] | None = None) -> dict[Job, object]:
+             progress: Callable[[Job, float | None, int, int, float], None] | None = None,
+             size: Callable[[Job], float | None] | None = None,
+             found: Callable[[Job], bool] | None = None) -> dict[Job, object]:
     """Run ``fn(job)`` for every job on ``pool``, at most ``parallel`` at once, in ``jobs``
     order except that a job starts only after the one it ``needs`` has finished.
     ``progress(job, seconds, done, total, left_s)`` is told of each job as it finishes, with
-    ``time_left``'s estimate of the rest (``size``: see there)."""
+    ``time_left``'s estimate of the rest (``size``: see there). Jobs ``found`` done before
+    any starts (a resumed demo) still run, to return their results, but their seconds are
+    None and stay out of the estimate: they end at once, and are no measure of a job."""
     from concurrent.futures import FIRST_COMPLETED, wait
 
     pending, running, done, started, took = list(jobs), {}, {}, {}, {}
+    already = {j for j in jobs if found(j)} if found else set()
     while pending or running:
         ready = [j for j in pending if needs.get(j) is None or needs[j] in done]
         for job in ready[: max(0, parallel - len(running))]:
@@ -270,12 +298,13 @@ def run_jobs(pool: Executor, parallel: int, jobs: list[Job], needs: dict[Job, Jo
         for future in finished:
             job = running.pop(future)
             done[job] = future.result()  # a failed run stops the demo
-            took[job] = time.time() - started[job]
+            if job not in already:
+                took[job] = time.time() - started[job]
             if progress is not None:
                 now = time.time()
                 left = time_left(took, pending, {j: now - started[j] for j in running.values()},
                                  parallel, size)
-                progress(job, took[job], len(done), len(jobs), left)
+                progress(job, took.get(job), len(done), len(jobs), left)
     return done
 
 
@@ -329,27 +358,29 @@ def job_name(job) -> str:
 
 
 def in_workers(preset: Preset, jobs: list[Job], needs: dict[Job, Job], fn: Callable[[Job], object],
-               log: Log, what: str, size: Callable[[Job], float | None] | None = None
-               ) -> dict[Job, object]:
+               log: Log, what: str, size: Callable[[Job], float | None] | None = None,
+               found: Callable[[Job], bool] | None = None) -> dict[Job, object]:
     """``fn(job)`` for every job: in this process when ``preset.parallel`` <= 1 (``jobs`` must
     then list each job after the one it needs), else ``parallel`` spawned processes with the
-    cores split between them. ``fn`` must be picklable (a module function or a partial)."""
+    cores split between them, with progress lines (``run_jobs``: ``size``, ``found``). ``fn``
+    must be picklable (a module function or a partial)."""
     if preset.parallel <= 1:
         return {job: fn(job) for job in jobs}
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    def progress(job, seconds: float, n: int, total: int, left_s: float) -> None:
+    def progress(job, seconds: float | None, n: int, total: int, left_s: float) -> None:
+        took = "found done" if seconds is None else f"{seconds / 60:.1f} min"
         left = "" if n == total or left_s != left_s else (
             f"; ~{left_s / 60:.0f} min left" if left_s >= 90 else "; ~1 min left")
-        log(f"[{what}] {n}/{total} done: {job_name(job)} ({seconds / 60:.1f} min{left})")
+        log(f"[{what}] {n}/{total} done: {job_name(job)} ({took}{left})")
 
     threads = max(1, (os.cpu_count() or 1) // preset.parallel)
     log(f"[{what}] {len(jobs)} jobs, {preset.parallel} at a time, {threads} thread(s) each")
     with ProcessPoolExecutor(preset.parallel, mp_context=mp.get_context("spawn"),
                              initializer=_init_worker,
                              initargs=(threads, mp.get_start_method())) as pool:
-        return run_jobs(pool, preset.parallel, jobs, needs, fn, progress, size)
+        return run_jobs(pool, preset.parallel, jobs, needs, fn, progress, size, found)
 
 
 def by_seed(jobs) -> list[Job]:
@@ -360,10 +391,11 @@ def by_seed(jobs) -> list[Job]:
 Score = Callable[[Job, list], object]  # a finished run's scoring, picklable (see _score_job)
 
 
-def train_all(preset: Preset, manifest: Path, out: Path, log: Log,
-              score: Score | None = None) -> tuple[dict[Job, list[tuple[int, Path]]], dict[Job, object]]:
+def train_all(preset: Preset, manifest: Path, out: Path, log: Log, score: Score | None = None,
+              found: Callable[[Task], bool] | None = None
+              ) -> tuple[dict[Job, list[tuple[int, Path]]], dict[Job, object]]:
     """Train every (method, seed) run, ``preset.parallel`` at a time, and ``score`` each one
-    that has finished in the same workers.
+    that has finished in the same workers (``found``: tasks done before, see ``run_jobs``).
 
     Why processes: the tiny model's ops are too small to use two cores well, so two runs
     side by side with one thread each train ~2x faster than one run with two threads. Each
@@ -378,7 +410,7 @@ def train_all(preset: Preset, manifest: Path, out: Path, log: Log,
     tasks, after = task_order(preset, score is not None)
     # print: `log` may not pickle
     fn = partial(_task, preset, manifest, out, print if preset.parallel > 1 else log, score)
-    done = in_workers(preset, tasks, after, fn, log, "train", partial(task_steps, preset))
+    done = in_workers(preset, tasks, after, fn, log, "train", partial(task_steps, preset), found)
     order = by_seed(job for kind, job in tasks if kind == "train")
     return ({job: done["train", job] for job in order},
             {job: done["score", job] for job in order if ("score", job) in done})
@@ -391,10 +423,7 @@ def task_steps(preset: Preset, task: Task) -> int | None:
     """A training task's own optimizer steps (latent and storm from textcot's checkpoint
     train only the rest of the budget); None for scoring (the time-left estimate's size)."""
     kind, (method, _) = task
-    if kind != "train":
-        return None
-    from_textcot = preset.latent_from_textcot if method in ("latent", "storm") else 0
-    return preset.steps - from_textcot
+    return sum(steps for _, _, steps in run_stages(preset, method)) if kind == "train" else None
 
 
 def task_order(preset: Preset, score: bool) -> tuple[list[Task], dict[Task, Task]]:
@@ -446,10 +475,42 @@ def evaluate_checkpoint(ckpt_dir: Path, jobs: list[tuple[Path, Path]], batch: in
     return results
 
 
+def score_places(preset: Preset, out: Path, job: Job, ckpts: list[tuple[int, Path]]
+                 ) -> tuple[list[dict[str, Path]], dict[str, Path]]:
+    """Where one finished run's scoring writes: for each checkpoint, {split: results folder}
+    (val for every one, the ood splits too for the final one); and {diagnostics row: json}
+    (latent; storm, and storm at the end of its Stage I)."""
+    method, seed = job
+    places = []
+    for i, (step, _) in enumerate(ckpts):
+        where = {"val": out / "curves" / method / f"seed{seed}" / f"step-{step}"}
+        if i == len(ckpts) - 1:
+            where |= {sp: out / "eval" / method / f"seed{seed}" / sp for sp in preset.ood_splits}
+        places.append(where)
+    diag = out / "diag" / method
+    rows = {"latent": {"latent": diag / f"seed{seed}.json"},
+            "storm": {"storm": diag / f"seed{seed}.json",
+                      STAGE1_DIAG: diag / f"seed{seed}_stage1.json"}}
+    return places, rows.get(method, {})
+
+
+def task_done(preset: Preset, out: Path, task: Task) -> bool:
+    """Whether a pool task's output is all on disk: a resumed demo finds such tasks done at
+    once, and its time-left estimate must not take their ~0 s for what a run takes."""
+    kind, (method, seed) = task
+    ckpts = finished_checkpoints(preset, method, out / "runs" / method / f"seed{seed}")
+    if ckpts is None or kind == "train":
+        return ckpts is not None
+    places, diags = score_places(preset, out, (method, seed), ckpts)
+    return (all((d / "results.json").is_file() for where in places for d in where.values())
+            and all(p.is_file() for p in diags.values()))
+
+
 def _score_job(preset: Preset, data: dict[str, Path], out: Path, log: Log, job: Job,
                ckpts: list[tuple[int, Path]]):
-    """What of one run's evaluation measures no time: every checkpoint on val (the curve),
-    the final one on the ood splits, and the latent diagnostics for latent / storm.
+    """What of one run's evaluation measures no time (``score_places``): every checkpoint on
+    val (the curve), the final one on the ood splits, and the latent diagnostics for latent /
+    storm.
 
     Returns:
         ({(method, seed, split): result}, [(step, val accuracy)], {(row, seed): diagnostics})
@@ -459,29 +520,22 @@ def _score_job(preset: Preset, data: dict[str, Path], out: Path, log: Log, job: 
 
     method, seed = job
     log(f"[eval] {method} seed {seed}: val curve, {', '.join(preset.ood_splits)}")
-    evals, curve, diags = {}, [], {}
-    for i, (step, p) in enumerate(ckpts):
-        where = {"val": out / "curves" / method / f"seed{seed}" / f"step-{step}"}
-        if i == len(ckpts) - 1:  # the final checkpoint is also scored out of distribution
-            where |= {sp: out / "eval" / method / f"seed{seed}" / sp for sp in preset.ood_splits}
+    evals, curve = {}, []
+    places, diag_json = score_places(preset, out, job, ckpts)
+    for (step, p), where in zip(ckpts, places, strict=True):
         jobs = [(data[sp], d) for sp, d in where.items()]
         scored = dict(zip(where, evaluate_checkpoint(p, jobs, preset.eval_batch), strict=True))
         curve.append((step, scored.pop("val")["overall"]))
         evals |= {(method, seed, sp): r for sp, r in scored.items()}
-    clips = shared_cache(data["test"], "clips")
-    if method in ("latent", "storm"):
-        log(f"[diagnostics] {method} seed {seed}")
-        diags[method, seed] = diagnose(
-            ckpts, data["test"], out / "diag" / method / f"seed{seed}.json", preset,
-            alignment=method == "storm", clip_cache=clips,
-            figure=out / f"latents_{method}_seed{seed}.png" if seed == 0 else None)
-    if method == "storm":
-        # the same interventions on the end of Stage I: were the latents used while they
-        # were being aligned, and did answer-only Stage II make the model drop them?
-        stage1 = [(step, p) for step, p in ckpts if checkpoint_stage(p) == 1]
-        diags[STAGE1_DIAG, seed] = diagnose(
-            stage1, data["test"], out / "diag" / method / f"seed{seed}_stage1.json", preset,
-            clip_cache=clips)
+    clips, diags = shared_cache(data["test"], "clips"), {}
+    for row, path in diag_json.items():
+        log(f"[diagnostics] {row} seed {seed}")
+        # storm's end of Stage I gets the same interventions: were the latents used while
+        # they were being aligned, and did answer-only Stage II make the model drop them?
+        at = [(step, p) for step, p in ckpts if checkpoint_stage(p) == 1] if row == STAGE1_DIAG else ckpts
+        diags[row, seed] = diagnose(
+            at, data["test"], path, preset, alignment=row == "storm", clip_cache=clips,
+            figure=out / f"latents_{method}_seed{seed}.png" if seed == 0 and row == method else None)
     return evals, curve, diags
 
 
@@ -603,7 +657,8 @@ def _run_demo(preset: Preset, out: Path, log: Log) -> dict:
         # what of the evaluation measures no time is done in the training workers as runs
         # finish: val curves, ood splits, diagnostics
         score = partial(_score_job, preset, data, out, print if preset.parallel > 1 else log)
-        runs, scored = train_all(preset, data["train"] / "manifest.jsonl", out / "runs", log, score)
+        runs, scored = train_all(preset, data["train"] / "manifest.jsonl", out / "runs", log, score,
+                                 partial(task_done, preset, out))
     # each run's test split here, one run at a time on one thread: latency is among what it
     # measures. Runs evaluated side by side share the cores (the same checkpoints in two
     # one-thread processes: storm 0.31 x textcot's latency, one at a time 0.25), and two
