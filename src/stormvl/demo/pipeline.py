@@ -308,9 +308,14 @@ def run_jobs(pool: Executor, parallel: int, jobs: list[Job], needs: dict[Job, Jo
     return done
 
 
+def is_run(job) -> bool:
+    """Whether ``job`` is one (method, seed) run, not a task made of runs."""
+    return isinstance(job, tuple) and len(job) == 2 and isinstance(job[1], int)
+
+
 def job_kind(job) -> object:
     """A job without its seed: ``("train", ("storm", 3))`` -> ``("train", "storm")``."""
-    if isinstance(job, tuple) and len(job) == 2 and isinstance(job[1], int):
+    if is_run(job):
         return job[0]
     return tuple(map(job_kind, job)) if isinstance(job, tuple) else job
 
@@ -352,7 +357,7 @@ def time_left(took: dict[Job, float], pending: list[Job], elapsed: dict[Job, flo
 
 def job_name(job) -> str:
     """``("score", ("storm", 0))`` -> ``score storm seed 0``."""
-    if isinstance(job, tuple) and len(job) == 2 and isinstance(job[1], int):
+    if is_run(job):
         return f"{job[0]} seed {job[1]}"
     return " ".join(map(job_name, job)) if isinstance(job, tuple) else str(job)
 
