@@ -340,6 +340,25 @@ def test_a_subset_of_methods_reports_without_retraining(demo_dir, tmp_path, caps
     assert "None applies to these methods" in (folder / "report.md").read_text()
 
 
+def test_the_oracles_render_cost_is_measured_once(demo_dir, tmp_path, monkeypatch):
+    """A finished demo run again must show the same cost table: the renderer is timed once."""
+    import stormvl.synth
+    from stormvl.demo.assemble import thought_video_cost
+    from stormvl.errors import UserError
+
+    kept = json.loads((demo_dir / "eval" / "thought_video_cost.json").read_text())
+    res = json.loads((demo_dir / "results.json").read_text())
+    assert res["cost"]["oracle"]["thought_video_s"] == kept["seconds_per_video"] > 0
+    assert kept["videos"] == 8 and kept["cpu"]
+    record = tmp_path / "cost.json"
+    first = thought_video_cost(demo_dir / "data" / "test", record)
+    monkeypatch.setattr(stormvl.synth, "regenerate", lambda s: pytest.fail("rendered again"))
+    assert thought_video_cost(demo_dir / "data" / "test", record) == first
+    record.write_text('{"seconds": 1}')
+    with pytest.raises(UserError, match="cost.json: field 'seconds_per_video'"):
+        thought_video_cost(demo_dir / "data" / "test", record)
+
+
 def test_report_command_rebuilds(demo_dir, tmp_path):
     (demo_dir / "report.md").unlink()
     assert main(["report", str(demo_dir)]) == 0

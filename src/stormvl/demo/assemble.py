@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from stormvl.demo.presets import OOD_SHIFTS, SUITE_OOD, Preset
+from stormvl.errors import UserError
 from stormvl.report.stats import bootstrap_accuracy, paired_gain
 
 
@@ -92,17 +93,32 @@ def chain_labels(data_dir: Path) -> dict[str, str]:
     return {s.id: chain_label(s) for s in read_manifest(data_dir / "manifest.jsonl")}
 
 
-def thought_video_cost(test_dir: Path, n: int = 8) -> float:
+def thought_video_cost(test_dir: Path, record: Path, n: int = 8) -> float:
     """Seconds to render one thought video with the procedural renderer (a lower bound:
-    a video-generation model costs orders of magnitude more)."""
+    a video-generation model costs orders of magnitude more).
+
+    Measured once and kept in ``record`` (with the CPU it ran on), so that a finished demo
+    run again, or its report rebuilt, shows the same cost table.
+    """
     from stormvl.data.manifest import read_manifest
+    from stormvl.evaluation.model import cpu_description
+    from stormvl.io import read_json, write_json_atomic
     from stormvl.synth import regenerate
 
+    if record.exists():
+        kept = read_json(record, "thought-video cost record")
+        if not isinstance(kept, dict) or not isinstance(kept.get("seconds_per_video"), int | float):
+            raise UserError(f"{record}: field 'seconds_per_video' missing or not a number "
+                            "(delete the file to measure the renderer again)")
+        return float(kept["seconds_per_video"])
     samples = read_manifest(test_dir / "manifest.jsonl")[:n]
     t0 = time.perf_counter()
     for s in samples:
         regenerate(s)
-    return (time.perf_counter() - t0) / max(1, len(samples))
+    seconds = (time.perf_counter() - t0) / max(1, len(samples))
+    write_json_atomic(record, {"seconds_per_video": seconds, "videos": len(samples),
+                               "cpu": cpu_description()})
+    return seconds
 
 
 def _goal(text: str, met: bool | None, value) -> dict:
@@ -183,7 +199,8 @@ def assemble_results(preset: Preset, out: Path, evals: dict, curves: dict, diags
         res["gains"][split] = {f"storm-{o}": gains(evals, seeds, split, "storm", o)
                                for o in ("direct", "latent") if "storm" in methods and o in methods}
     res["chance"] = 25.0
-    res["cost"] = cost_table(evals, methods, seeds, thought_video_cost(out / "data" / "test"))
+    render = thought_video_cost(out / "data" / "test", out / "eval" / "thought_video_cost.json")
+    res["cost"] = cost_table(evals, methods, seeds, render)
     res["curves"] = {m: {str(s): curves[m, s] for s in range(seeds)} for m in methods}
     res["diagnostics"] = {}
     for (m, s), d in diags.items():

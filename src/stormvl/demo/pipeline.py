@@ -8,6 +8,7 @@ where it stopped (training itself resumes from its last checkpoint).
     out/data/{train,val,test,ood}  the built-in suite (and out/data/ood-<shift>, OOD_SHIFTS)
     out/runs/<method>/seed<s>/     training runs (storm: stage1/ and stage2/)
     out/eval/<method>/seed<s>/<split>/   predictions + results per split
+    out/eval/thought_video_cost.json    the renderer's seconds per thought video (oracle's cost)
     out/curves/<method>/seed<s>/step-<n>/ val results of intermediate checkpoints
     out/diag/<method>/seed<s>.json latent diagnostics
     out/results.json, report.md, index.html, *.png
