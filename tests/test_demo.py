@@ -349,7 +349,7 @@ def test_the_oracles_render_cost_is_measured_once(demo_dir, tmp_path, monkeypatc
     kept = json.loads((demo_dir / "eval" / "thought_video_cost.json").read_text())
     res = json.loads((demo_dir / "results.json").read_text())
     assert res["cost"]["oracle"]["thought_video_s"] == kept["seconds_per_video"] > 0
-    assert kept["videos"] == 8 and kept["cpu"]
+    assert kept["videos"] == 16 and kept["cpu"]  # the test preset's 16 test questions (n: 32)
     record = tmp_path / "cost.json"
     first = thought_video_cost(demo_dir / "data" / "test", record)
     monkeypatch.setattr(stormvl.synth, "regenerate", lambda s: pytest.fail("rendered again"))
