@@ -566,7 +566,8 @@ def test_scoring_fills_the_workers_only_when_no_training_can_start():
 
 def test_jobs_found_done_stay_out_of_the_time_left_estimate():
     """A resumed demo finds finished runs done at once: their ~0 s must not be taken for
-    what a run takes (the full preset, resumed, once said ~1 min left with ~100 to go)."""
+    what a run takes (the full preset, resumed, once said ~1 min left with ~100 to go); a
+    run killed half-way and resumed takes half a run, and counts as a whole one."""
     import math
     import time
     from concurrent.futures import ThreadPoolExecutor
@@ -574,19 +575,45 @@ def test_jobs_found_done_stay_out_of_the_time_left_estimate():
     from stormvl.demo.pipeline import run_jobs
 
     jobs = [("a", s) for s in range(4)]
+    share = {("a", 0): 1.0, ("a", 1): 0.5, ("a", 2): 0.0, ("a", 3): 0.0}
     seen = []
 
     def fake(job):
-        time.sleep(0 if job[1] < 2 else 0.05)
+        time.sleep(0.05 * (1 - share[job]))
         return job
 
     with ThreadPoolExecutor(1) as pool:
-        done = run_jobs(pool, 1, jobs, {}, fake, lambda *a: seen.append(a), found=lambda j: j[1] < 2)
+        done = run_jobs(pool, 1, jobs, {}, fake, lambda *a: seen.append(a), found=share.get)
     assert done == {j: j for j in jobs}  # jobs found done still run, for their results
     assert [(job, seconds is None) for job, seconds, *_ in seen] == [
-        (("a", 0), True), (("a", 1), True), (("a", 2), False), (("a", 3), False)]
-    assert math.isnan(seen[0][4]) and math.isnan(seen[1][4])  # nothing measured yet
-    assert seen[2][4] == pytest.approx(seen[2][1])  # the one left takes what a measured one did
+        (("a", 0), True), (("a", 1), False), (("a", 2), False), (("a", 3), False)]
+    assert math.isnan(seen[0][4])  # nothing measured yet
+    # a1 did half its job in seen[1][1] seconds: a2 and a3 take twice that each, one worker
+    assert seen[1][4] == pytest.approx(4 * seen[1][1])
+
+
+def test_a_tasks_share_done_is_read_from_its_checkpoints_and_results(demo_dir, tmp_path):
+    """What ``run_jobs`` is told a resumed demo has done: the test preset's finished folder
+    (every task whole), an empty one, and storm's two stages trained in part."""
+    from dataclasses import replace
+
+    from stormvl.demo.pipeline import task_order, task_share_done
+    from stormvl.demo.presets import PRESETS
+    from stormvl.training.checkpoint import TRAINER_STATE, step_dir
+
+    test = PRESETS["test"]
+    tasks, _ = task_order(test, score=True)
+    assert {task_share_done(test, demo_dir, t) for t in tasks} == {1.0}
+    assert {task_share_done(test, tmp_path, t) for t in tasks} == {0.0}
+    full = replace(PRESETS["full"], steps=1500, latent_from_textcot=1000)  # storm: 400 + 100
+    storm = tmp_path / "runs" / "storm" / "seed0"
+    for sub, step in [("stage1", 200), ("stage1", 400), ("stage2", 50)]:
+        (step_dir(storm / sub, step)).mkdir(parents=True)
+        (step_dir(storm / sub, step) / TRAINER_STATE).write_bytes(b"")
+        if step == 200:
+            assert task_share_done(full, tmp_path, ("train", ("storm", 0))) == 0.4
+    assert task_share_done(full, tmp_path, ("train", ("storm", 0))) == 0.9
+    assert task_share_done(full, tmp_path, ("score", ("storm", 0))) == 0.0
 
 
 def test_time_left_counts_each_job_at_its_kinds_mean_shared_by_the_workers():

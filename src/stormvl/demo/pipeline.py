@@ -276,17 +276,25 @@ def run_jobs(pool: Executor, parallel: int, jobs: list[Job], needs: dict[Job, Jo
              fn: Callable[[Job], object],
              progress: Callable[[Job, float | None, int, int, float], None] | None = None,
              size: Callable[[Job], float | None] | None = None,
-             found: Callable[[Job], bool] | None = None) -> dict[Job, object]:
+             found: Callable[[Job], float] | None = None) -> dict[Job, object]:
     """Run ``fn(job)`` for every job on ``pool``, at most ``parallel`` at once, in ``jobs``
     order except that a job starts only after the one it ``needs`` has finished.
     ``progress(job, seconds, done, total, left_s)`` is told of each job as it finishes, with
-    ``time_left``'s estimate of the rest (``size``: see there). Jobs ``found`` done before
-    any starts (a resumed demo) still run, to return their results, but their seconds are
-    None and stay out of the estimate: they end at once, and are no measure of a job."""
+    ``time_left``'s estimate of the rest (``size``: see there).
+
+    ``found(job)``: the share of a job done before any starts (a resumed demo: 1 = all of
+    it). Such a job still runs, to return its results. One found whole ends at once and is
+    no measure of a job: its seconds are None and stay out of the estimate. One found in
+    part (a run killed mid-training) counts as its seconds scaled to the whole job.
+    """
     from concurrent.futures import FIRST_COMPLETED, wait
 
     pending, running, done, started, took = list(jobs), {}, {}, {}, {}
-    already = {j for j in jobs if found(j)} if found else set()
+    before = {j: found(j) for j in jobs} if found else {}
+
+    def share(job) -> float:
+        return before.get(job, 0.0)
+
     while pending or running:
         ready = [j for j in pending if needs.get(j) is None or needs[j] in done]
         for job in ready[: max(0, parallel - len(running))]:
@@ -299,13 +307,14 @@ def run_jobs(pool: Executor, parallel: int, jobs: list[Job], needs: dict[Job, Jo
         for future in finished:
             job = running.pop(future)
             done[job] = future.result()  # a failed run stops the demo
-            if job not in already:
-                took[job] = time.time() - started[job]
+            seconds, part = time.time() - started[job], share(job)
+            if part < 1:
+                took[job] = seconds / (1 - part)
             if progress is not None:
                 now = time.time()
                 left = time_left(took, pending, {j: now - started[j] for j in running.values()},
-                                 parallel, size)
-                progress(job, took.get(job), len(done), len(jobs), left)
+                                 parallel, size, share)
+                progress(job, seconds if part < 1 else None, len(done), len(jobs), left)
     return done
 
 
@@ -322,7 +331,8 @@ def job_kind(job) -> object:
 
 
 def time_left(took: dict[Job, float], pending: list[Job], elapsed: dict[Job, float],
-              parallel: int, size: Callable[[Job], float | None] | None = None) -> float:
+              parallel: int, size: Callable[[Job], float | None] | None = None,
+              share: Callable[[Job], float] | None = None) -> float:
     """Seconds until every job is done, roughly (waits between jobs are ignored).
 
     A job not yet done is expected to take the mean time of the finished jobs of its kind
@@ -330,12 +340,13 @@ def time_left(took: dict[Job, float], pending: list[Job], elapsed: dict[Job, flo
     ``size`` (a training run's steps) takes the finished sized jobs' seconds per unit times
     its size; one without takes the mean of the finished jobs without one; with nothing
     comparable finished it is not counted yet. Without ``size`` every job is comparable.
-    Running jobs count what they have left; the sum is shared by the workers (``parallel``,
-    or fewer when fewer jobs are left).
+    A job with a ``share`` done before it started counts the rest of it. Running jobs count
+    what they have left; the sum is shared by the workers (``parallel``, or fewer when fewer
+    jobs are left).
     """
     if not took:
         return float("nan")
-    size = size or (lambda job: None)
+    size, share = size or (lambda job: None), share or (lambda job: 0.0)
     kinds: dict[object, list[float]] = {}
     for job, s in took.items():
         kinds.setdefault(job_kind(job), []).append(s)
@@ -352,7 +363,10 @@ def time_left(took: dict[Job, float], pending: list[Job], elapsed: dict[Job, flo
             return sum(s for s, _ in sized) / total * n if total else 0.0
         return sum(unsized) / len(unsized) if unsized else 0.0
 
-    work = sum(map(expect, pending)) + sum(max(0.0, expect(j) - e) for j, e in elapsed.items())
+    def rest(job) -> float:  # what a job takes from its start
+        return expect(job) * (1.0 - share(job))
+
+    work = sum(map(rest, pending)) + sum(max(0.0, rest(j) - e) for j, e in elapsed.items())
     return work / max(1, min(parallel, len(pending) + len(elapsed)))
 
 
@@ -365,7 +379,7 @@ def job_name(job) -> str:
 
 def in_workers(preset: Preset, jobs: list[Job], needs: dict[Job, Job], fn: Callable[[Job], object],
                log: Log, what: str, size: Callable[[Job], float | None] | None = None,
-               found: Callable[[Job], bool] | None = None) -> dict[Job, object]:
+               found: Callable[[Job], float] | None = None) -> dict[Job, object]:
     """``fn(job)`` for every job: in this process when ``preset.parallel`` <= 1 (``jobs`` must
     then list each job after the one it needs), else ``parallel`` spawned processes with the
     cores split between them, with progress lines (``run_jobs``: ``size``, ``found``). ``fn``
@@ -398,10 +412,11 @@ Score = Callable[[Job, list], object]  # a finished run's scoring, picklable (se
 
 
 def train_all(preset: Preset, manifest: Path, out: Path, log: Log, score: Score | None = None,
-              found: Callable[[Task], bool] | None = None
+              found: Callable[[Task], float] | None = None
               ) -> tuple[dict[Job, list[tuple[int, Path]]], dict[Job, object]]:
     """Train every (method, seed) run, ``preset.parallel`` at a time, and ``score`` each one
-    that has finished in the same workers (``found``: tasks done before, see ``run_jobs``).
+    that has finished in the same workers (``found``: the share of a task done before, see
+    ``run_jobs``).
 
     Why processes: the tiny model's ops are too small to use two cores well, so two runs
     side by side with one thread each train ~2x faster than one run with two threads. Each
@@ -500,16 +515,28 @@ def score_places(preset: Preset, out: Path, job: Job, ckpts: list[tuple[int, Pat
     return places, rows.get(method, {})
 
 
-def task_done(preset: Preset, out: Path, task: Task) -> bool:
-    """Whether a pool task's output is all on disk: a resumed demo finds such tasks done at
-    once, and its time-left estimate must not take their ~0 s for what a run takes."""
+def task_share_done(preset: Preset, out: Path, task: Task) -> float:
+    """The share of a pool task whose output is on disk (1: all of it): a resumed demo finds
+    such tasks done at once, or in part, and its time-left estimate must not take their
+    seconds for what a whole task takes. A training run's share is its checkpointed steps
+    (where it resumes); a scoring task is done or not."""
+    from stormvl.training import checkpoint as ckpt
+
     kind, (method, seed) = task
-    ckpts = finished_checkpoints(preset, method, out / "runs" / method / f"seed{seed}")
-    if ckpts is None or kind == "train":
-        return ckpts is not None
+    run = out / "runs" / method / f"seed{seed}"
+    if kind == "train":
+        trained = total = 0
+        for sub, _, steps in run_stages(preset, method):
+            ckpts = ckpt.list_checkpoints(run / sub)
+            trained += min(ckpts[-1][0], steps) if ckpts else 0
+            total += steps
+        return trained / total
+    ckpts = finished_checkpoints(preset, method, run)
+    if ckpts is None:
+        return 0.0
     places, diags = score_places(preset, out, (method, seed), ckpts)
-    return (all((d / "results.json").is_file() for where in places for d in where.values())
-            and all(p.is_file() for p in diags.values()))
+    return float(all((d / "results.json").is_file() for where in places for d in where.values())
+                 and all(p.is_file() for p in diags.values()))
 
 
 def _score_job(preset: Preset, data: dict[str, Path], out: Path, log: Log, job: Job,
@@ -664,7 +691,7 @@ def _run_demo(preset: Preset, out: Path, log: Log) -> dict:
         # finish: val curves, ood splits, diagnostics
         score = partial(_score_job, preset, data, out, print if preset.parallel > 1 else log)
         runs, scored = train_all(preset, data["train"] / "manifest.jsonl", out / "runs", log, score,
-                                 partial(task_done, preset, out))
+                                 partial(task_share_done, preset, out))
     # each run's test split here, one run at a time on one thread: latency is among what it
     # measures. Runs evaluated side by side share the cores (the same checkpoints in two
     # one-thread processes: storm 0.31 x textcot's latency, one at a time 0.25), and two
