@@ -194,14 +194,21 @@ def run_stages(preset: Preset, method: str) -> list[tuple[str, int, int]]:
     return [("stage1", start, s1), ("stage2", start + s1, preset.steps - start - s1)]
 
 
+def stage_checkpoints(preset: Preset, method: str, out: Path
+                      ) -> list[tuple[int, int, list[tuple[int, Path]]]]:
+    """Per training stage of the run in ``out`` (``run_stages``): the global step it starts
+    at, its own steps, and its checkpoints on disk by its own step."""
+    from stormvl.training import checkpoint as ckpt
+
+    return [(first, steps, ckpt.list_checkpoints(out / sub))
+            for sub, first, steps in run_stages(preset, method)]
+
+
 def finished_checkpoints(preset: Preset, method: str, out: Path) -> list[tuple[int, Path]] | None:
     """A run's checkpoints by global step, oldest first, once every stage has trained to its
     last step; None before that."""
-    from stormvl.training import checkpoint as ckpt
-
     found = []
-    for sub, first, steps in run_stages(preset, method):
-        ckpts = ckpt.list_checkpoints(out / sub)
+    for first, steps, ckpts in stage_checkpoints(preset, method, out):
         if not ckpts or ckpts[-1][0] < steps:
             return None
         found += [(first + step, p) for step, p in ckpts]
@@ -520,17 +527,12 @@ def task_share_done(preset: Preset, out: Path, task: Task) -> float:
     such tasks done at once, or in part, and its time-left estimate must not take their
     seconds for what a whole task takes. A training run's share is its checkpointed steps
     (where it resumes); a scoring task is done or not."""
-    from stormvl.training import checkpoint as ckpt
-
     kind, (method, seed) = task
     run = out / "runs" / method / f"seed{seed}"
     if kind == "train":
-        trained = total = 0
-        for sub, _, steps in run_stages(preset, method):
-            ckpts = ckpt.list_checkpoints(run / sub)
-            trained += min(ckpts[-1][0], steps) if ckpts else 0
-            total += steps
-        return trained / total
+        stages = stage_checkpoints(preset, method, run)
+        trained = sum(min(ckpts[-1][0], steps) for _, steps, ckpts in stages if ckpts)
+        return trained / sum(steps for _, steps, _ in stages)
     ckpts = finished_checkpoints(preset, method, run)
     if ckpts is None:
         return 0.0
