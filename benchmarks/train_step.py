@@ -13,6 +13,10 @@ Ratios (goal in brackets), medians over interleaved repeats:
      (``data.tower_cache_gb``: epochs after the first skip a frozen tower)
 Memory: peak CUDA memory on GPU; on CPU the bytes autograd saves for backward (activation
 memory, the part that differs between methods).
+
+``--breakdown`` also profiles the direct step (tower cached, as after the first epoch) and
+prints where its time goes: matrix products, attention, element-wise ops, the optimizer.
+It says whether a faster step needs fewer FLOPs (matmul-bound) or less overhead.
 """
 
 from __future__ import annotations
@@ -123,6 +127,48 @@ def with_tower_cache(bb, run):
     return cached
 
 
+# profiler op name -> share of the step it is counted in (first match wins)
+OP_KINDS = (
+    ("optimizer", ("Optimizer.", "adamw", "_foreach", "lerp", "addcdiv", "aten::sqrt")),
+    ("attention", ("scaled_dot_product", "flash_attention", "softmax")),
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")),
+    ("element-wise", ("aten::mul", "aten::add", "aten::sub", "aten::div", "aten::pow", "aten::silu",
+                      "aten::neg", "aten::rsqrt", "aten::mean", "aten::sum", "aten::cos", "aten::sin")),
+    ("copies", ("aten::copy_", "aten::cat", "aten::fill_", "aten::zero_", "aten::_to_copy",
+                "aten::index", "aten::masked", "aten::embedding")),
+)
+
+
+def op_kind(name: str) -> str:
+    """The OP_KINDS share a profiler op ``name`` falls in ("other" when none)."""
+    low = name.lower()
+    for kind, keys in OP_KINDS:
+        if any(k.lower() in low for k in keys):
+            return kind
+    return "other"
+
+
+def breakdown(run, steps: int = 4) -> tuple[dict, float]:
+    """Self time of ``steps`` calls of ``run`` by op kind -> ({kind: share}, seconds per step).
+
+    Self times add up to the whole profiled time, so the shares sum to 1; "other" holds the
+    rest (Python between ops, autograd bookkeeping, small ops not named above).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    run()  # warm-up outside the profile
+    t = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            run()
+    wall = (time.perf_counter() - t) / steps
+    kinds: dict = {}
+    for ev in prof.key_averages():
+        kinds[op_kind(ev.key)] = kinds.get(op_kind(ev.key), 0.0) + ev.self_cpu_time_total
+    total = sum(kinds.values()) or 1.0
+    return {k: v / total for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}, wall
+
+
 def build_rows(bb, args, dev) -> dict:
     clips = [random_clip(args.frames, args.frame_size, args.frame_size, seed=i) for i in range(args.batch)]
     direct, latent = make_batch(bb, clips, 0), make_batch(bb, clips, K)
@@ -158,6 +204,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--lora", action="store_true", help="train LoRA adapters only (7B on one GPU)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    ap.add_argument("--breakdown", action="store_true", help="where the direct step's time goes, by op kind")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -208,6 +255,13 @@ def main() -> None:
     r4 = med["direct"] / med["direct_tc"]
     print(f"ratio 4  direct, tower run / tower cached    time {r4:5.2f}  memory "
           f"{mem['direct'] / mem['direct_tc']:5.2f}   goal time >= 1.05  {'ok' if r4 >= 1.05 else 'MISSED'}")
+    if args.breakdown and dev.type != "cpu":
+        print("--breakdown profiles CPU time only; on CUDA use torch.profiler with CUDA activity")
+    elif args.breakdown:
+        shares, wall = breakdown(rows["direct_tc"])
+        print(f"direct step (tower cached), {1e3 * wall:.1f} ms under the profiler; self time by op kind:")
+        for kind, share in shares.items():
+            print(f"  {kind:<13}{100 * share:6.1f}%")
 
 
 if __name__ == "__main__":
