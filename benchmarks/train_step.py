@@ -164,7 +164,8 @@ def breakdown(run, steps: int = 4) -> tuple[dict, float]:
     wall = (time.perf_counter() - t) / steps
     kinds: dict = {}
     for ev in prof.key_averages():
-        kinds[op_kind(ev.key)] = kinds.get(op_kind(ev.key), 0.0) + ev.self_cpu_time_total
+        kind = op_kind(ev.key)
+        kinds[kind] = kinds.get(kind, 0.0) + ev.self_cpu_time_total
     total = sum(kinds.values()) or 1.0
     return {k: v / total for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}, wall
 
