@@ -21,10 +21,11 @@ FPS = 4.0
 N_FRAMES = 40  # 10 s at 4 fps
 
 
-def tiny_video(path: Path, n: int = N_FRAMES, fps: float = FPS) -> Path:
-    """A 16x16 clip whose frame k is filled with grey level 6k (frame-identifiable)."""
+def tiny_video(path: Path, n: int = N_FRAMES, fps: float = FPS, first: int = 0) -> Path:
+    """A 16x16 clip whose frame k is filled with grey level 6 (first + k) (frame-identifiable;
+    ``first`` > 0: the part of the source clip that starts at that frame)."""
     frames = np.zeros((n, 16, 16, 3), np.uint8)
-    frames[:] = (np.arange(n) * 6 % 256).astype(np.uint8)[:, None, None, None]
+    frames[:] = ((first + np.arange(n)) * 6 % 256).astype(np.uint8)[:, None, None, None]
     write_video(path, frames, fps=fps, lossless=True)
     return path
 
@@ -88,34 +89,49 @@ def write_videomme(root: Path, videos: bool = True) -> Path:
 
 
 # ----------------------------------------------------------------------------------------
-# MVBench: json/{task}.json (20 files), video/{folder}/{video}
+# MVBench: json/{task}.json (20 files) and, by branch of the dataset repo,
+#   main:  video/{folder}/{video}   whole videos, start / end bounds, tvqa frame folders at 3 fps
+#   video: {folder}/{video}         lmms-eval's revision: pre-cut *_segment clips, all mp4
 
-def write_mvbench(root: Path, videos: bool = True) -> Path:
+MVB_BOUNDS = (2.0, 6.0)  # seconds into the 10 s source video (frames 8..24 at 4 fps)
+
+
+def write_mvbench(root: Path, videos: bool = True, layout: str = "main",
+                  tasks: list[str] | None = None) -> Path:
+    """Two rows per task (answers "left", "right"). On the ``video`` branch a bounded task's
+    row names its pre-cut clip ``{stem}_{start}_{end}.mp4`` (frames 8..23 of the source) and
+    keeps its bounds, which must then not be applied again."""
     from stormvl.tasks.mvbench import TASKS
 
     src = tiny_video(root / ".src.mp4") if videos else None
-    for t, (task, (folder, is_frames, bounded)) in enumerate(TASKS.items()):
+    cut = tiny_video(root / ".cut.mp4", n=16, first=8) if videos else None
+    for task in tasks or TASKS:
+        spec = TASKS[task]
         rows = []
         for i in range(2):
-            name = f"{task}_{i}" + ("" if is_frames else ".mp4")
+            name, media = f"{task}_{i}.mp4", src
+            if layout == "main" and spec.frames:
+                name = f"{task}_{i}"
+            elif layout == "video" and spec.bounded:
+                name, media = f"{task}_{i}_{MVB_BOUNDS[0]}_{MVB_BOUNDS[1]}.mp4", cut
             row = {"video": name, "question": f"What happens in {task} {i}?",
                    "candidates": ["left", "right", "up"], "answer": ["left", "right"][i]}
-            if bounded:
-                row.update(start=2.0, end=6.0)
+            if spec.bounded:
+                row.update(start=MVB_BOUNDS[0], end=MVB_BOUNDS[1])
             rows.append(row)
             if not videos:
                 continue
-            dest = root / "video" / folder / name
-            if is_frames:
+            dest = root / ("video/" + spec.main if layout == "main" else spec.video) / name
+            if layout == "main" and spec.frames:
                 _frame_folder(dest, 12)
             else:
-                _place(src, dest)
+                _place(media, dest)
         path = root / "json" / f"{task}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(rows))
-        assert t < 20
-    if src is not None:
-        src.unlink()
+    for f in (src, cut):
+        if f is not None:
+            f.unlink()
     return root
 
 

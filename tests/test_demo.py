@@ -43,7 +43,7 @@ def test_outputs_exist_and_parse(demo_dir):
     assert len(storm["alignment"]["final_cos_per_step"]) == res["preset"]["k"]
     assert res["goals"] and all(g["met"] in (True, False) for g in res["goals"])
     html = (demo_dir / "index.html").read_text()
-    images = re.findall(r"<img src='([^']+)'", html)
+    images = re.findall(r'<img src="([^"]+)"', html)
     assert {"accuracy_test.png", "accuracy_ood-size.png", "curves.png"} <= set(images)
     for img in images:
         assert (demo_dir / img).stat().st_size > 1000, img
@@ -65,18 +65,19 @@ def test_report_numbers_equal_results(demo_dir):
     assert len(res["splits"]) == 4
     for split in res["splits"]:
         section = md.split(f"## Accuracy on {split}")[1].split("## ")[0]
-        row = next(line for line in section.splitlines() if line.startswith("| **family mean**"))
-        cells = [c.strip() for c in row.strip("|").split("|")][1:]
+        row = next(line for line in section.splitlines() if line.startswith("| family mean |"))
+        cells = [c.strip() for c in row.strip("|").split("|")][2:]
         assert cells == [_f(res["macro"][split][m]) for m in res["methods"]]
-        row = next(line for line in section.splitlines() if line.startswith("| **all questions**"))
+        row = next(line for line in section.splitlines() if line.startswith("| all questions |"))
         cells = [c.strip() for c in row.strip("|").split("|")][1:]
-        assert cells == [_est(res["overall"][split][m]) for m in res["methods"]]
+        assert cells == [str(res["overall"][split]["storm"]["n"])] + [
+            _est(res["overall"][split][m]) for m in res["methods"]]
     # wall time: each stage once (one invocation made the folder), the total their sum
     t = res["time"]
     assert list(t["stages_min"]) == ["data", "train", "eval"] and t["invocations"] == 1
     assert abs(t["total_min"] - sum(t["stages_min"].values())) < 0.02 and t["total_min"] > 0
-    section = md.split("## Wall time (minutes)")[1].split("## ")[0]
-    assert f"| **total** | {_f(t['total_min'])} |" in section
+    section = md.split("## Wall time")[1].split("## ")[0]
+    assert f"| total | {_f(t['total_min'])} |" in section
     # wall times compare only on one CPU: which one is recorded beside them
     from stormvl.evaluation.model import cpu_description
 
@@ -113,7 +114,7 @@ def test_ood_shifts_hold_the_task_and_change_one_rendering_setting(demo_dir):
     for g, split in zip(rows, res["splits"][1:], strict=True):
         assert g["value"] == [round(v, 4) for v in res["gains"][split]["storm-direct"]["per_seed"]]
     md = (demo_dir / "report.md").read_text()
-    assert "ood-tempo: videos with twice the frames" in md.split("## Accuracy on ood-tempo")[1]
+    assert "`ood-tempo`: videos with twice the frames" in md.split("## Accuracy on ood-tempo")[1]
 
 
 def test_the_time_goal_is_checked_against_the_recorded_time(demo_dir):
@@ -123,19 +124,18 @@ def test_the_time_goal_is_checked_against_the_recorded_time(demo_dir):
     from stormvl.demo.presets import PRESETS
 
     res = json.loads((demo_dir / "results.json").read_text())
-    assert PRESETS["full"].minutes == 90 and PRESETS["quick"].minutes == 10
-    assert not any("min (wall" in g["goal"] for g in res["goals"])  # the test preset has none
+    assert PRESETS["quick"].minutes == 10
+    assert not any("min of wall" in g["goal"] for g in res["goals"])  # the test preset has none
     total = res["time"]["total_min"]
     for minutes, met in ((total * 2, True), (total / 2, False)):
-        row = [g for g in goals(res, replace(PRESETS["test"], minutes=minutes)) if "min (wall" in g["goal"]]
+        row = [g for g in goals(res, replace(PRESETS["test"], minutes=minutes)) if "min of wall" in g["goal"]]
         assert len(row) == 1 and row[0]["met"] is met and row[0]["value"] == total
 
 
 def test_a_failed_stage_is_counted_by_the_next_invocation_and_an_ended_one_once(tmp_path):
     from stormvl.data.manifest import read_jsonl_tolerant
-    from stormvl.demo.assemble import time_spent
-    from stormvl.demo.pipeline import RUNNING, TIMING, recover_interrupted, timed
     from stormvl.demo.presets import PRESETS
+    from stormvl.demo.timing import RUNNING, TIMING, recover_interrupted, time_spent, timed
 
     with timed(tmp_path, "data", PRESETS["test"], heartbeat_s=60):
         pass
@@ -163,9 +163,9 @@ def test_a_failed_stage_is_counted_by_the_next_invocation_and_an_ended_one_once(
 def test_a_stage_killed_by_sigkill_counts_up_to_its_last_heartbeat(tmp_path):
     """Nothing runs in a process killed by SIGKILL: the heartbeat mark is all that is left."""
     from stormvl.data.manifest import read_jsonl_tolerant
-    from stormvl.demo.pipeline import RUNNING, TIMING, recover_interrupted
+    from stormvl.demo.timing import RUNNING, TIMING, recover_interrupted
 
-    script = ("import time; from pathlib import Path; from stormvl.demo.pipeline import timed; "
+    script = ("import time; from pathlib import Path; from stormvl.demo.timing import timed; "
               "from stormvl.demo.presets import PRESETS\n"
               f"with timed(Path({str(tmp_path)!r}), 'train', PRESETS['test'], heartbeat_s=0.1):\n"
               "    time.sleep(120)\n")
@@ -187,11 +187,28 @@ def test_a_stage_killed_by_sigkill_counts_up_to_its_last_heartbeat(tmp_path):
 
 
 def test_rerun_resumes_without_retraining(demo_dir, capsys):
+    """A resumed demo says what it found done, stage by stage, and does nothing again."""
     ckpts = sorted(demo_dir.glob("runs/*/seed0/**/checkpoints/step-*/trainer_state.pt"))
     before = {p: p.stat().st_mtime for p in ckpts}
+    capsys.readouterr()
     assert main(["demo", "--preset", "test", "--out", str(demo_dir)]) == 0
-    assert "[train]" not in capsys.readouterr().out
+    out = capsys.readouterr().out
     assert {p: p.stat().st_mtime for p in ckpts} == before
+    log = [line for line in out.splitlines() if line.startswith("[")]
+    assert "steps ->" not in out  # no line that looks like training
+    for line in ("[data] test: 16 questions: found done", "[train] storm stage 2 seed 0: found done",
+                 "[eval] storm seed 0: val curve, ood, ood-size, ood-tempo: found done",
+                 "[diagnostics] storm (end of Stage I) seed 0: found done",
+                 "[test] oracle seed 0: found done"):
+        assert line in log, line
+    assert all(line.endswith(": found done") for line in log), log
+    # each training stage once (the scoring task lists a run's checkpoints silently)
+    assert len([line for line in log if line.startswith("[train]")]) == 6
+    # and it ends with the verdict: the table with chance, the gains, the latents, the time
+    tail = out.split("[test] oracle seed 0: found done")[1]
+    assert "chance 25.0%" in tail and "storm against direct:" in tail
+    assert "storm's latents used" in tail and "wall time" in tail
+    assert tail.strip().splitlines()[-1].startswith(f"page: {demo_dir / 'index.html'}")
 
 
 def test_parallel_is_a_speed_setting_a_folder_resumes_with(demo_dir):
@@ -296,7 +313,9 @@ def test_bottleneck_option_overrides_the_preset(monkeypatch, tmp_path):
     for args, want in (([], True), (["--no-bottleneck"], False), (["--bottleneck"], True)):
         assert main(["demo", "--preset", "full", "--out", str(tmp_path), *args]) == 2
         assert seen.pop() is want, args
-    for args, want in (([], False), (["--bottleneck"], True)):
+    from stormvl.demo.presets import PRESETS
+
+    for args, want in (([], PRESETS["quick"].bottleneck), (["--no-bottleneck"], False)):
         assert main(["demo", "--preset", "quick", "--out", str(tmp_path), *args]) == 2
         assert seen.pop() is want, args
 
@@ -327,14 +346,14 @@ def test_a_subset_of_methods_reports_without_retraining(demo_dir, tmp_path, caps
     shutil.copytree(demo_dir, folder)
     capsys.readouterr()
     assert main(["demo", "--preset", "test", "--methods", "storm,direct", "--out", str(folder)]) == 0
-    assert "[train]" not in capsys.readouterr().out
+    assert "steps ->" not in capsys.readouterr().out
     res = json.loads((folder / "results.json").read_text())
     assert res["methods"] == ["direct", "storm"]
     assert set(res["diagnostics"]) == {"storm", "storm (end of Stage I)"}
     assert set(res["gains"]["test"]) == {"storm-direct"}
     header = next(line for line in (folder / "report.md").read_text().splitlines()
                   if line.startswith("| family |"))
-    assert [c.strip() for c in header.strip("|").split("|")] == ["family", "direct", "storm"]
+    assert [c.strip() for c in header.strip("|").split("|")] == ["family", "questions", "direct", "storm"]
     # without storm no goal applies, and the report says so instead of an empty table
     assert main(["demo", "--preset", "test", "--methods", "textcot,oracle", "--out", str(folder)]) == 0
     assert "None applies to these methods" in (folder / "report.md").read_text()
@@ -357,6 +376,61 @@ def test_the_oracles_render_cost_is_measured_once(demo_dir, tmp_path, monkeypatc
     record.write_text('{"seconds": 1}')
     with pytest.raises(UserError, match="cost.json: field 'seconds_per_video'"):
         thought_video_cost(demo_dir / "data" / "test", record)
+
+
+def test_the_latent_picture_can_show_a_latent_pointing_at_another_question(demo_dir, monkeypatch):
+    """The nearest frame is chosen among other questions' thought videos too: a latent that
+    matches another question's frame is shown as such (chosen from its own 8 frames, every
+    pair looked right while retrieval was at chance)."""
+    import numpy as np
+    import torch
+
+    import stormvl.report.render as render
+    from stormvl.data.manifest import read_manifest, resolve_media
+    from stormvl.data.video import read_clip
+    from stormvl.demo.presets import PRESETS
+    from stormvl.diagnostics.alignment import _picture
+
+    class Pixels:  # a fixed encoder: each frame's pixels as its feature
+        def encode(self, frames, timestamps):
+            return torch.as_tensor(np.asarray(frames)).float().reshape(len(frames), 1, -1)
+
+    test = demo_dir / "data" / "test"
+    samples = read_manifest(test / "manifest.jsonl")
+    first = next(i for i, s in enumerate(samples) if s.family == samples[0].family)
+    other = next(i for i, s in enumerate(samples) if i != first and s.family == samples[0].family)
+
+    def frame(i, t):
+        clip = read_clip(resolve_media(test, samples[i].thought_video), num_frames=8)
+        return torch.as_tensor(np.asarray(clip.frames[t])).float().reshape(-1)
+
+    k = 2
+    pred = torch.zeros(len(samples), k, frame(0, 0).numel())
+    pred[first, 0] = frame(other, 5)  # step 1 points at another question's frame 6
+    pred[first, 1] = frame(first, 7)  # step 2 at its own last frame: right
+    seen = {}
+    monkeypatch.setattr(render, "image_grid", lambda path, rows, titles, title, col_titles, labels:
+                        seen.update(rows=rows, titles=titles, cols=col_titles, labels=labels))
+    _picture(demo_dir / "unused.png", samples, test, pred, Pixels(), k, PRESETS["test"],
+             torch.zeros(k, pred.shape[-1]))
+    assert seen["cols"] == ["step 1: true", "step 1: nearest", "step 2: true", "step 2: nearest"]
+    assert seen["titles"][0] == samples[first].family and len(seen["titles"]) == 2  # 2 families
+    assert seen["labels"][0] == ["frame 4", "other question", "frame 8", "own, frame 8"]
+    assert np.array_equal(seen["rows"][0][1], read_clip(
+        resolve_media(test, samples[other].thought_video), num_frames=8).frames[5])
+
+
+def test_retrieval_rows_reach_the_results(demo_dir):
+    """Each latent / storm diagnostics row carries its seed's thought-video retrieval: its
+    latents beside textcot's rationale states and random vectors, on the same questions."""
+    res = json.loads((demo_dir / "results.json").read_text())
+    saved = json.loads((demo_dir / "diag" / "retrieval" / "seed0.json").read_text())
+    assert set(saved["rows"]) == {"latent", "storm", "textcot", "random"}
+    for row in ("latent", "storm"):
+        r = res["diagnostics"][row]["0"]["retrieval"]
+        assert r["n"] == res["diagnostics"][row]["0"]["n"] == saved["n"]
+        assert r["latents"] == saved["rows"][row] and r["textcot"] == saved["rows"]["textcot"]
+        assert r["random"]["probe"]["hit@1"] <= r["random"]["probe"]["hit@5"]
 
 
 def test_report_command_rebuilds(demo_dir, tmp_path):
@@ -403,7 +477,7 @@ def test_stage2_learning_rate_scale_reaches_storm_stage2_only(tmp_path):
     stage2 = train_config(preset, "storm", 0, tmp_path / "m.jsonl", tmp_path / "s2", 4, stage=2,
                           stage1=tmp_path / "s1")
     assert stage2.optim.lr == pytest.approx(1e-4)
-    assert PRESETS["full"].stage2_lr_scale == 0.1 and PRESETS["quick"].stage2_lr_scale == 1.0
+    assert PRESETS["full"].stage2_lr_scale == 0.1 and PRESETS["quick"].stage2_lr_scale == 0.1
 
 
 def test_latent_methods_start_from_textcot_and_drop_its_chain(demo_dir, tmp_path, capsys):
@@ -480,8 +554,8 @@ def test_runs_start_longest_first_and_wait_only_for_their_own_textcot():
     from concurrent.futures import ThreadPoolExecutor
     from dataclasses import replace
 
-    from stormvl.demo.pipeline import job_order, run_jobs
     from stormvl.demo.presets import PRESETS
+    from stormvl.demo.schedule import job_order, run_jobs
 
     preset = replace(PRESETS["full"], seeds=2)
     jobs, needs = job_order(preset)
@@ -525,8 +599,8 @@ def test_scoring_fills_the_workers_only_when_no_training_can_start():
     from concurrent.futures import ThreadPoolExecutor
     from dataclasses import replace
 
-    from stormvl.demo.pipeline import run_jobs, task_order
     from stormvl.demo.presets import PRESETS
+    from stormvl.demo.schedule import run_jobs, task_order
 
     preset = replace(PRESETS["full"], seeds=2)
     tasks, after = task_order(preset, score=True)
@@ -572,7 +646,7 @@ def test_jobs_found_done_stay_out_of_the_time_left_estimate():
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from stormvl.demo.pipeline import run_jobs
+    from stormvl.demo.schedule import run_jobs
 
     jobs = [("a", s) for s in range(4)]
     share = {("a", 0): 1.0, ("a", 1): 0.5, ("a", 2): 0.0, ("a", 3): 0.0}
@@ -597,8 +671,9 @@ def test_a_tasks_share_done_is_read_from_its_checkpoints_and_results(demo_dir, t
     (every task whole), an empty one, and storm's two stages trained in part."""
     from dataclasses import replace
 
-    from stormvl.demo.pipeline import task_order, task_share_done
+    from stormvl.demo.pipeline import task_share_done
     from stormvl.demo.presets import PRESETS
+    from stormvl.demo.schedule import task_order
     from stormvl.training.checkpoint import TRAINER_STATE, step_dir
 
     test = PRESETS["test"]
@@ -620,8 +695,9 @@ def test_time_left_counts_each_job_at_its_kinds_mean_shared_by_the_workers():
     import math
     from dataclasses import replace
 
-    from stormvl.demo.pipeline import job_kind, task_steps, time_left
+    from stormvl.demo.pipeline import task_steps
     from stormvl.demo.presets import PRESETS
+    from stormvl.demo.schedule import job_kind, time_left
 
     assert job_kind(("train", ("storm", 3))) == ("train", "storm") == job_kind(("train", ("storm", 0)))
     took = {("train", ("textcot", 0)): 600.0, ("train", ("textcot", 1)): 400.0,
@@ -663,9 +739,9 @@ def test_training_workers_exit_when_the_demo_is_killed(tmp_path):
     script.write_text(
         "import multiprocessing as mp, os, sys, time\n"
         "from concurrent.futures import ProcessPoolExecutor\n"
-        "from stormvl.demo.pipeline import _init_worker\n"
+        "from stormvl.demo.schedule import init_worker\n"
         "if __name__ == '__main__':\n"
-        "    with ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=_init_worker,\n"
+        "    with ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=init_worker,\n"
         "                             initargs=(1, mp.get_start_method())) as pool:\n"
         "        print(pool.submit(os.getpid).result(), flush=True)\n"
         "        pool.submit(time.sleep, 120)\n"

@@ -201,16 +201,99 @@ def test_oracle_sees_what_training_saw(tmp_path, ckpts, data):
 
 
 def test_failed_video_is_recorded_and_counted(tmp_path, ckpts, data, capsys):
-    d = tmp_path / "synth"
+    d, out = tmp_path / "synth", tmp_path / "o"
     shutil.copytree(data["synth"], d)
+    good = (d / "videos" / "s2.mp4").read_bytes()
     (d / "videos" / "s2.mp4").write_bytes(b"not a video at all")
-    assert evaluate(ckpts["direct"], "synth", d, tmp_path / "o", "--max-new-tokens", "2") == 0
+    args = ("--max-new-tokens", "2")
+    # 1 of 4 failed: over the default 5%, so no result, one line, the answers kept
+    assert evaluate(ckpts["direct"], "synth", d, out, *args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {out}: 1 of 4 items failed to load, "
+                                               "more than the 5% allowed")
+    assert "first: s2: " in err[0] and "s2.mp4" in err[0]
+    assert not (out / "results.json").exists()
+    answered = (out / "predictions.jsonl").read_text()
+    assert len(answered.splitlines()) == 3
+    # allowed: scored, the failure counted as missing (it was retried, and failed again)
+    assert evaluate(ckpts["direct"], "synth", d, out, *args, "--max-failed-share", "0.25") == 0
     assert "1 videos failed to load" in capsys.readouterr().out
-    fails = read_rows(tmp_path / "o" / "failed.jsonl")
+    fails = read_rows(out / "failed.jsonl")
     assert [f["id"] for f in fails] == ["s2"] and "s2.mp4" in fails[0]["error"]
-    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    res = json.loads((out / "results.json").read_text())
     assert (res["failed"], res["missing"], res["missing_ids"]) == (1, 1, ["s2"])
-    assert len(read_rows(tmp_path / "o" / "predictions.jsonl")) == 3
+    assert (out / "predictions.jsonl").read_text() == answered  # nothing answered twice
+    # the video fixed: the re-run answers just that item
+    (d / "videos" / "s2.mp4").write_bytes(good)
+    assert evaluate(ckpts["direct"], "synth", d, out, *args) == 0
+    rows = read_rows(out / "predictions.jsonl")
+    assert (out / "predictions.jsonl").read_text().startswith(answered)
+    assert [r["id"] for r in rows[3:]] == ["s2"] and read_rows(out / "failed.jsonl") == []
+    res = json.loads((out / "results.json").read_text())
+    assert (res["failed"], res["missing"]) == (0, 0)
+    assert evaluate(ckpts["direct"], "synth", d, out, "--max-failed-share", "2") == 2
+    assert "--max-failed-share 2.0: must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_run_where_every_item_failed_exits_2_then_resumes(tmp_path, ckpts, capsys):
+    """No media at all (e.g. a layout the reader does not know) is a failed run, not 0.0."""
+    d, out = ft.write_synth(tmp_path / "synth", videos=False), tmp_path / "o"
+    args = ("--max-new-tokens", "2")
+    assert evaluate(ckpts["direct"], "synth", d, out, *args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {out}: all 4 items failed to load; "
+                                               "first: s0: ")
+    assert len(read_rows(out / "failed.jsonl")) == 4 and not (out / "results.json").exists()
+    ft.write_synth(d)  # the media arrive: the same command finishes the run
+    assert evaluate(ckpts["direct"], "synth", d, out, *args) == 0
+    assert sorted(r["id"] for r in read_rows(out / "predictions.jsonl")) == ["s0", "s1", "s2",
+                                                                            "s3"]
+    assert json.loads((out / "results.json").read_text())["failed"] == 0
+
+
+def test_console_counts_failures_beyond_the_first_five(tmp_path, ckpts, capsys):
+    tasks = ["action_antonym", "object_shuffle", "moving_count", "fine_grained_pose"]
+    d = ft.write_mvbench(tmp_path / "mvb", tasks=tasks)
+    for f in sorted((d / "video").rglob("*.mp4"))[2:]:  # 6 of the 8 videos gone
+        f.unlink()
+    out = tmp_path / "o"
+    assert evaluate(ckpts["direct"], "mvbench", d, out, "--tasks", ",".join(tasks),
+                    "--max-new-tokens", "2", "--max-failed-share", "0.8") == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    at = lines.index(f"6 videos failed to load, counted as missing (see {out / 'failed.jsonl'}):")
+    shown = lines[at + 1: at + 6]
+    assert all(line.startswith("  ") and ".mp4" in line for line in shown), shown
+    assert lines[at + 6] == "  ... and 1 more"
+    assert json.loads((out / "results.json").read_text())["n_items"] == 8
+
+
+def test_empty_manifest_refused(tmp_path, ckpts, capsys):
+    d = tmp_path / "empty"
+    d.mkdir()
+    (d / "manifest.jsonl").write_text("")
+    assert evaluate(ckpts["direct"], "synth", d, tmp_path / "o") == 2
+    assert f"error: {d}: the synth copy holds no questions" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_mvbench_as_lmms_eval_downloads_it(tmp_path, ckpts, capsys):
+    """The dataset's `video` branch, only two of its tasks copied: --tasks runs them."""
+    tasks = "action_sequence,episodic_reasoning"
+    d = ft.write_mvbench(tmp_path / "mvb", layout="video", tasks=tasks.split(","))
+    out = tmp_path / "o"
+    assert evaluate(ckpts["latent"], "mvbench", d, out, "--max-new-tokens", "2") == 2
+    assert "--tasks" in capsys.readouterr().err  # a partial copy needs its tasks named
+    assert evaluate(ckpts["latent"], "mvbench", d, out, "--tasks", tasks,
+                    "--max-new-tokens", "2") == 0
+    rows = {r["id"]: r for r in read_rows(out / "predictions.jsonl")}
+    assert sorted(rows) == ["action_sequence/0", "action_sequence/1", "episodic_reasoning/0",
+                            "episodic_reasoning/1"]
+    # the pre-cut 16-frame clip is sampled whole (its bounds are not applied again)
+    assert min(rows["action_sequence/0"]["frame_indices"]) < 4
+    assert max(rows["action_sequence/0"]["frame_indices"]) > 11
+    res = json.loads((out / "results.json").read_text())
+    assert (res["n_items"], res["failed"]) == (4, 0)
 
 
 def test_resume_after_kill_matches_uninterrupted(tmp_path, ckpts, data):

@@ -90,5 +90,5 @@ def test_read_json_names_the_file_for_missing_damaged_and_binary(tmp_path):
         read_json(bad, error=ManifestError)
     binary = tmp_path / "binary.json"
     binary.write_bytes(b"\xff\xfe\x00{")
-    with pytest.raises(UserError, match=r"binary\.json: not UTF-8 text"):
+    with pytest.raises(UserError, match=r"binary\.json:1: not valid UTF-8"):
         read_json(binary)

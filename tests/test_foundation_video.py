@@ -121,3 +121,92 @@ def test_clip_cache_returns_what_a_fresh_read_does_and_decodes_once(tmp_path, mo
     assert sorted((tmp_path / "cache").rglob("*")) == before
     # no folder: a plain reader
     assert cc.ClipReader().read_clip(video, num_frames=4).indices.tolist() == [1, 4, 7, 10]
+
+
+# --- short clips, rotation, variable frame rate -----------------------------------------------
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 5, 7, 8])
+def test_short_clip_gives_every_frame_once(total):
+    # fewer frames than asked for: each frame once, as the HF Qwen processors cap the count
+    # at the frames there are (the backbone pads to the temporal patch)
+    for kw in ({"num_frames": 8}, {"num_frames": total}, {"sample_fps": 100.0}):
+        assert sample_indices(total, 25.0, **kw).tolist() == list(range(total))
+    assert sample_indices(100, 25.0, num_frames=8).tolist() == [6, 18, 31, 43, 56, 68, 81, 93]
+
+
+def test_short_window_gives_its_frames_once():
+    # MVBench's official bound rule: frames round(start * fps) .. round(end * fps)
+    assert sample_indices(75, 25.0, num_frames=8, start=1.0, end=1.1).tolist() == [25, 26, 27, 28]
+    assert sample_indices(75, 25.0, num_frames=8, start=1.0, end=1.0).tolist() == [25]
+    got = sample_indices(75, 25.0, num_frames=3, start=1.0, end=1.5)  # 13 frames, 3 wanted
+    assert len(set(got.tolist())) == 3 and all(25 <= i <= 38 for i in got)
+
+
+def _write(path, frames, fps=6, rotation=None, pts_ms=None):
+    """Lossless H.264 with an optional display rotation (counter-clockwise degrees, the
+    container's display matrix) or explicit presentation times (a VFR file)."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv444p"
+        s.options = {"qp": "0", "preset": "ultrafast"}
+        if rotation is not None:
+            s.set_display_rotation(rotation)
+        if pts_ms is not None:
+            s.codec_context.time_base = Fraction(1, 1000)
+        for i, img in enumerate(frames):
+            fr = av.VideoFrame.from_ndarray(img, format="rgb24")
+            if pts_ms is not None:
+                fr.pts, fr.time_base = pts_ms[i], Fraction(1, 1000)
+            for p in s.encode(fr):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+@pytest.mark.parametrize("rotation,corner", [(0, "top-left"), (-90, "top-right"),
+                                             (90, "bottom-left"), (180, "bottom-right")])
+def test_rotation_metadata_is_applied(tmp_path, rotation, corner):
+    # stored 48 wide x 32 high, a white block in the stored top-left corner. A display
+    # rotation of -90 (what phones write for an upright shot) turns the picture clockwise:
+    # shown 32 wide x 48 high with the block top-right; +90 counter-clockwise: bottom-left.
+    f = np.zeros((3, 32, 48, 3), np.uint8)
+    f[:, :8, :8] = 255
+    _write(tmp_path / "r.mp4", f, rotation=rotation)
+    info = probe(tmp_path / "r.mp4")
+    shown = (48, 32) if rotation in (0, 180) else (32, 48)
+    assert (info.width, info.height) == shown
+    clip = read_clip(tmp_path / "r.mp4", num_frames=3)
+    assert clip.frames.shape == (3, shown[1], shown[0], 3)
+    g = clip.frames[0].astype(int).mean(-1)
+    quads = {"top-left": g[:8, :8], "top-right": g[:8, -8:], "bottom-left": g[-8:, :8],
+             "bottom-right": g[-8:, -8:]}
+    assert {k for k, q in quads.items() if q.mean() > 200} == {corner}
+    frames, _ = decode_frames(tmp_path / "r.mp4")
+    np.testing.assert_array_equal(frames, clip.frames)
+
+
+def test_vfr_timestamps_are_presentation_times(tmp_path):
+    pts_ms = [0, 100, 150, 500, 550, 1200, 1250]
+    f = np.zeros((7, 32, 32, 3), np.uint8)
+    f[:] = (30 * np.arange(7, dtype=np.uint8))[:, None, None, None]
+    _write(tmp_path / "vfr.mp4", f, fps=10, pts_ms=pts_ms)
+    clip = read_clip(tmp_path / "vfr.mp4", num_frames=7)
+    assert clip.indices.tolist() == list(range(7))
+    np.testing.assert_allclose(clip.timestamps, np.array(pts_ms) / 1000, rtol=0, atol=1e-12)
+    assert np.abs(clip.frames[:, 0, 0, 0].astype(int) - 30 * np.arange(7)).max() <= 2
+    three = read_clip(tmp_path / "vfr.mp4", num_frames=3)  # chosen by index, times are real
+    np.testing.assert_allclose(three.timestamps, np.array(pts_ms)[three.indices] / 1000, atol=1e-12)
+
+
+def test_cfr_timestamps_are_index_over_fps(tmp_path):
+    from fractions import Fraction
+
+    write_video(tmp_path / "a.mp4", _frames(30), fps=30000 / 1001)
+    clip = read_clip(tmp_path / "a.mp4", num_frames=30)
+    fps = Fraction(clip.fps).limit_denominator(1001)
+    assert clip.timestamps.tolist() == [float(i / fps) for i in range(30)]

@@ -79,3 +79,19 @@ def test_rules_match_lmms_eval(ref):
         got = extract.tempcompass_caption_matching(r, CM_Q, "Sentence B: the car moves right")
         assert got == (None if want == "fail" else want), r
         assert extract.tempcompass_yes_no_pred(r) == (ref.tc.extract_pred(r) or None), r
+
+
+def test_verdicts_without_judge_match_lmms_eval(ref):
+    """Unreadable replies are ``unmatched`` (a judge's turn) yet, with no judge, score exactly
+    as lmms-eval scores them: wrong."""
+    from stormvl.tasks.base import EvalItem
+    from stormvl.tasks.score import verdict
+
+    opts = ["red", "green", "blue", "yellow"]
+    for r in _replies(1000, seed=1):
+        for g in "ABCD":
+            vm = EvalItem("q", "videomme", Path("v.mp4"), "", g, options=opts)
+            want = ref.mcq.extract_mcq_answer(r, list("ABCD")).lower() == g.lower()
+            assert verdict(vm, r).correct == want, (r, g)
+            mv = EvalItem("q", "mvbench", Path("v.mp4"), "", g, options=opts)
+            assert verdict(mv, r).correct == bool(ref.mv.mcq_acc(g, r)), (r, g)

@@ -102,3 +102,43 @@ def test_cli_bad_input_exit_2_and_nothing_written(vmme, tmp_path, capsys, case):
                 "all_unknown": "none of the 2 prediction ids belong to videomme",
                 "missing_flag": "--predictions"}[case]
     assert expected in err
+
+
+class RecordingJudge:
+    """Stands in for the HTTP judge: records what it is shown, calls everything correct."""
+
+    def __init__(self):
+        self.calls = []
+
+    def binary(self, question, answer, prediction):
+        self.calls.append((question, answer, prediction))
+        return True
+
+
+@pytest.mark.parametrize("bench", ["videomme", "synth", "mvbench"])
+def test_unreadable_replies_are_unmatched_and_judged(tmp_path, bench):
+    """A reply with no option letter ("zzz", "") is unmatched: wrong without a judge (as in
+    lmms-eval), the judge's decision with one, shown the options and the gold's text."""
+    from fixtures_tasks import write_mvbench, write_synth
+    from stormvl.tasks import breakdowns, load_benchmark
+    from stormvl.tasks.score import score
+
+    root = {"videomme": write_videomme, "synth": write_synth,
+            "mvbench": write_mvbench}[bench](tmp_path / bench, videos=False)
+    items = load_benchmark(bench, root, check_media=False)
+    a, b, c = items[0], items[1], items[2]
+    preds = read_predictions(write_predictions(tmp_path / "p.jsonl", [
+        (a.id, "zzz"), (b.id, ""), (c.id, f"({c.answer})")]))
+    plain = score(bench, items, preds, breakdowns(bench))
+    verdicts = {r["id"]: (r["correct"], r["method"]) for r in plain["items"]}
+    assert verdicts[a.id] == verdicts[b.id] == (False, "unmatched")
+    assert verdicts[c.id] == (True, "rule")
+    assert (plain["unmatched"], plain["n_correct"]) == (2, 1)
+    judge = RecordingJudge()
+    judged = score(bench, items, preds, breakdowns(bench), judge)
+    assert [p for _, _, p in judge.calls] == ["zzz", ""]
+    assert (judged["judged"], judged["unmatched"], judged["n_correct"]) == (2, 0, 3)
+    question, gold, _ = judge.calls[0]
+    letter = a.answer
+    assert gold == f"{letter}. {a.options['ABCDE'.index(letter)]}"
+    assert question.startswith(a.question) and f"\nA. {a.options[0]}\n" in question

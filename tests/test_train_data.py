@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import train_fixtures  # noqa: F401  (one torch thread)
-from stormvl.data.manifest import Sample, write_manifest
+from stormvl.data.manifest import Sample, read_manifest, write_manifest
 from stormvl.data.video import write_video
 from stormvl.errors import ManifestError, UserError
 from stormvl.training.config import DataConfig, VideoConfig
@@ -51,11 +51,12 @@ def test_llamafactory_messages_with_dataset_info(tmp_path):
         "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
                  "assistant_tag": "assistant"}}}))
     rep = import_llamafactory("vid", tmp_path / "dataset_info.json")
-    assert len(rep.samples) == 1
-    s = rep.samples[0]
+    assert len(rep.samples) == 2
+    s, free = rep.samples
     assert (s.question, s.options, s.answer, s.rationale) == ("Where is the ball?", ["left", "right"], "B", "it moved")
     assert s.video == "v/a.mp4"
-    assert sum(rep.skipped.values()) == 2 and "no video" in rep.skipped
+    assert (free.question, free.options, free.answer) == ("Describe the clip.", [], "A cat.")
+    assert dict(rep.skipped) == {"no video": 1}
     with pytest.raises(ManifestError, match="no dataset named 'nope'"):
         import_llamafactory("nope", tmp_path / "dataset_info.json")
 
@@ -82,7 +83,7 @@ def test_video_r1_schema(tmp_path):
          "problem_type": "multiple choice", "options": ["A. left", "B. right", "C. none"],
          "process": "<think>The arrow turns clockwise.</think>", "solution": "<answer>B</answer>",
          "path": "./clips/7.mp4", "data_source": "synthetic"},
-        {"problem_id": 8, "problem": "How many?", "data_type": "video", "problem_type": "numerical",
+        {"problem_id": 8, "problem": "How many?", "data_type": "video", "problem_type": "video eval",
          "options": [], "process": "", "solution": "<answer>3</answer>", "path": "./clips/8.mp4"},
         {"problem_id": 9, "problem": "img", "data_type": "image", "problem_type": "multiple choice",
          "options": ["A. a", "B. b"], "solution": "<answer>A</answer>", "path": "i.jpg"},
@@ -93,10 +94,105 @@ def test_video_r1_schema(tmp_path):
     s = rep.samples[0]
     assert (s.video, s.answer, s.options, s.rationale) == ("clips/7.mp4", "B", ["left", "right", "none"],
                                                          "The arrow turns clockwise.")
-    assert rep.skipped["problem_type numerical"] == 1 and rep.skipped["not a video"] == 1
+    assert dict(rep.skipped) == {"problem_type video eval": 1, "not a video": 1}
     del rows[0]["solution"]
     (tmp_path / "r1.json").write_text(json.dumps(rows))
     with pytest.raises(ManifestError, match=r"row 0: missing field 'solution'"):
+        import_video_r1(tmp_path / "r1.json")
+
+
+# LLaMA-Factory's data/mllm_video_demo.json and its dataset_info.json entry, as published
+LF_VIDEO_DEMO = [
+    {"messages": [{"content": "<video>Why is this video funny?", "role": "user"},
+                  {"content": "Because a baby is reading, and he is so cute!", "role": "assistant"}],
+     "videos": ["mllm_demo_data/1.mp4"]},
+    {"messages": [{"content": "<video>What is she doing?", "role": "user"},
+                  {"content": "She is cooking.", "role": "assistant"}],
+     "videos": ["mllm_demo_data/2.avi"]},
+    {"messages": [{"content": "<video>What's in the video?", "role": "user"},
+                  {"content": "A baby is playing in the living room.", "role": "assistant"}],
+     "videos": ["mllm_demo_data/3.mp4"]},
+]
+LF_VIDEO_DEMO_INFO = {"mllm_video_demo": {
+    "file_name": "mllm_video_demo.json", "formatting": "sharegpt",
+    "columns": {"messages": "messages", "videos": "videos"},
+    "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+             "assistant_tag": "assistant"}}}
+
+
+def test_llamafactory_video_demo_becomes_open_ended_samples(tmp_path):
+    (tmp_path / "mllm_video_demo.json").write_text(json.dumps(LF_VIDEO_DEMO, indent=2))
+    (tmp_path / "dataset_info.json").write_text(json.dumps(LF_VIDEO_DEMO_INFO))
+    rep = import_llamafactory("mllm_video_demo", tmp_path / "dataset_info.json")
+    assert not rep.skipped
+    got = [(s.video, s.question, s.options, s.answer, s.rationale) for s in rep.samples]
+    assert got == [
+        ("mllm_demo_data/1.mp4", "Why is this video funny?", [], "Because a baby is reading, and he is so cute!", None),
+        ("mllm_demo_data/2.avi", "What is she doing?", [], "She is cooking.", None),
+        ("mllm_demo_data/3.mp4", "What's in the video?", [], "A baby is playing in the living room.", None)]
+    # the same file without the registry (messages detected), and through the trainer's loader
+    assert import_llamafactory(tmp_path / "mllm_video_demo.json").samples == rep.samples
+    cfg = DataConfig(train="mllm_video_demo", format="llamafactory",
+                     dataset_info=str(tmp_path / "dataset_info.json"), split=None)
+    samples, root, summary = load_samples(cfg)
+    assert len(samples) == 3 and root == tmp_path and summary.startswith("3 samples")
+    # written as schema 2 and read back unchanged
+    write_manifest(tmp_path / "m.jsonl", samples)
+    rows = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [r["schema"] for r in rows] == [2, 2, 2]
+    assert read_manifest(tmp_path / "m.jsonl") == samples
+
+
+def test_llamafactory_open_reply_tags_and_empty_reply(tmp_path):
+    rec = {"conversations": [{"from": "human", "value": "<video>How many cups are there?"},
+                             {"from": "gpt", "value": "<think>I count them: one, two, three."
+                                                      "</think><answer>3</answer>"}],
+           "videos": ["x.mp4"]}
+    (tmp_path / "d.json").write_text(json.dumps([rec]))
+    (s,) = import_llamafactory(tmp_path / "d.json").samples
+    assert (s.question, s.options, s.answer, s.rationale) == (
+        "How many cups are there?", [], "3", "I count them: one, two, three.")
+    rec["conversations"][1]["value"] = "<think>no idea</think>"
+    (tmp_path / "d.json").write_text(json.dumps([rec]))
+    with pytest.raises(ManifestError, match=r"d.json: row 0: field 'value': the assistant reply "
+                                            "has no answer text"):
+        import_llamafactory(tmp_path / "d.json")
+
+
+def test_video_r1_open_types_keep_their_answer_text(tmp_path):
+    base = {"data_type": "video", "options": [], "process": "<think>Let me look.</think>",
+            "data_source": "LLaVA-Video-178K"}
+    rows = [
+        {**base, "problem_id": 1, "problem": "How many times does the ball bounce?",
+         "problem_type": "numerical", "solution": "<answer>3</answer>", "path": "./v/1.mp4"},
+        {**base, "problem_id": 2, "problem": "What does the sign say?", "problem_type": "OCR",
+         "solution": "<answer>NO PARKING</answer>", "path": "./v/2.mp4"},
+        {**base, "problem_id": 3, "problem": "What cooking action does the person perform?",
+         "problem_type": "free-form", "path": "./v/3.mp4",
+         "solution": "<answer>The person cracks an egg into the pan.</answer>"},
+        {**base, "problem_id": 4, "problem": "How far does the car travel, in metres?",
+         "problem_type": "regression", "solution": "<answer>12.5</answer>", "path": "./v/4.mp4"},
+        {**base, "problem_id": 5, "problem": "Which way?", "problem_type": "multiple choice",
+         "options": ["A. left", "B. right"], "solution": "<answer>B</answer>", "path": "./v/5.mp4"},
+        {**base, "problem_id": 6, "problem": "What is shown?", "problem_type": "free-form",
+         "data_type": "image", "solution": "<answer>Wetsuit</answer>", "path": "./i/6.png"},
+    ]
+    (tmp_path / "r1.json").write_text(json.dumps(rows))
+    rep = import_video_r1(tmp_path / "r1.json")
+    got = {s.id: (s.video, s.options, s.answer, s.rationale, s.meta) for s in rep.samples}
+    src = {"data_source": "LLaVA-Video-178K"}
+    assert got == {
+        "1": ("v/1.mp4", [], "3", "Let me look.", {"problem_type": "numerical", **src}),
+        "2": ("v/2.mp4", [], "NO PARKING", "Let me look.", {"problem_type": "OCR", **src}),
+        "3": ("v/3.mp4", [], "The person cracks an egg into the pan.", "Let me look.",
+              {"problem_type": "free-form", **src}),
+        "4": ("v/4.mp4", [], "12.5", "Let me look.", {"problem_type": "regression", **src}),
+        "5": ("v/5.mp4", ["left", "right"], "B", "Let me look.", src),
+    }
+    assert dict(rep.skipped) == {"not a video": 1}
+    rows[1]["solution"] = "<answer> </answer>"
+    (tmp_path / "r1.json").write_text(json.dumps(rows))
+    with pytest.raises(ManifestError, match=r"r1.json: row 1: field 'solution' .* no answer text"):
         import_video_r1(tmp_path / "r1.json")
 
 

@@ -129,18 +129,6 @@ def test_partial_and_unfinished_checkpoints_are_never_picked(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == ["step-000004", "step-000006"]
 
 
-def test_export_copies_processor_files(tmp_path):
-    from stormvl.training.build import copy_processor_files
-
-    (tmp_path / "base").mkdir()
-    (tmp_path / "base" / "preprocessor_config.json").write_text("{}")
-    (tmp_path / "base" / "chat_template.jinja").write_text("{{ x }}")
-    (tmp_path / "out").mkdir()
-    assert copy_processor_files(str(tmp_path / "base"), tmp_path / "out") == [
-        "preprocessor_config.json", "chat_template.jinja"]
-    assert copy_processor_files("tiny:qwen2_5_vl", tmp_path / "out") == []
-
-
 def test_projector_centres_targets_and_saves_the_centre():
     import torch
 

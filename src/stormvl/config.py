@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from stormvl.errors import ConfigError
+from stormvl.io import read_text
 
 T = TypeVar("T")
 
@@ -207,7 +208,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         if not p.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml.safe_load(read_text(p, ConfigError)) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
         if not isinstance(loaded, dict):

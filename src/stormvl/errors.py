@@ -20,3 +20,8 @@ class ManifestError(UserError):
 
 class ConfigError(UserError):
     """A config file or override that does not match the config dataclasses."""
+
+
+class DiskFullError(UserError):
+    """The disk filled while writing; the message names the folder and the file. Whatever was
+    half-written is removed, so a rerun (after freeing space) resumes from complete files."""

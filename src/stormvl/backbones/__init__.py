@@ -23,6 +23,7 @@ from stormvl.backbones.base import (
     add_latent_tokens,
     read_stormvl_meta,
 )
+from stormvl.backbones.checkpoint_files import check_checkpoint_folder
 from stormvl.backbones.qwen2_5_vl import Qwen2_5_VL
 from stormvl.backbones.qwen3_vl import Qwen3_VL
 from stormvl.errors import UserError
@@ -48,14 +49,22 @@ def load_backbone(
             family default.
         trust_remote_code: passed through; off unless the user asks.
     Raises:
-        UserError: unsupported architecture, or a checkpoint of another family.
+        UserError: unsupported architecture, a checkpoint of another family, pickle or
+            damaged weights, weights that do not fit the config (``check_checkpoint_folder``,
+            ``Backbone.load_weights``).
     """
     from transformers import AutoConfig, AutoTokenizer
 
+    if Path(path_or_id).is_dir():  # config, weight files: refused before transformers runs
+        check_checkpoint_folder(Path(path_or_id), sorted(ADAPTERS))
     try:
         config = AutoConfig.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise UserError(f"{path_or_id}: cannot load a model config ({exc})") from None
+        if "trust_remote_code" in str(exc):
+            raise UserError(f"{path_or_id}: its config needs the checkpoint's own Python code, "
+                            f"which stormvl never runs; stormvl loads {' and '.join(sorted(ADAPTERS))} "
+                            "checkpoints") from None
+        raise UserError(f"{path_or_id}: cannot load a model config ({' '.join(str(exc).split())})") from None
     model_type = config.model_type
     if model_type not in ADAPTERS:
         raise UserError(f"{path_or_id}: model_type {model_type!r} is not supported; "
@@ -67,8 +76,7 @@ def load_backbone(
         raise UserError(f"{path_or_id}: stormvl.json names backbone {meta.get('backbone')!r} "
                         f"but the weights are {model_type}")
     cls = ADAPTERS[model_type]
-    model = cls.model_class().from_pretrained(
-        path_or_id, dtype=dtype, trust_remote_code=trust_remote_code).to(device).eval()
+    model = cls.load_weights(path_or_id, dtype, trust_remote_code).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
     if video is None and meta is not None:
         video = VideoSettings.from_dict(meta.get("video"))

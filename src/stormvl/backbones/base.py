@@ -18,6 +18,7 @@ import shutil
 import sys
 import types
 from dataclasses import asdict, dataclass, field, fields, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,6 +29,7 @@ import torch.utils.checkpoint
 from transformers import DynamicCache
 
 from stormvl.backbones.tower_cache import TowerCache
+from stormvl.errors import UserError
 from stormvl.io import read_json
 
 LATENT_TOKENS = ("<|latent_start|>", "<|latent|>", "<|latent_end|>")
@@ -66,10 +68,17 @@ class VideoInputs:
     pixel_values: torch.Tensor  # (grid_t*grid_h*grid_w, C*temporal_patch*patch*patch) float32
     grid_thw: torch.Tensor  # (3,) long, in patches
     timestamps: np.ndarray  # (T_padded,) float64 seconds of the frames used (padding repeats)
-    second_per_grid: float  # temporal_patch x mean sampled-frame interval
+    # exact seconds per temporal grid step = temporal_patch x mean sampled-frame interval
+    # (video_processing.grid_interval); Qwen2.5-VL's temporal ids are decided from it
+    grid_interval: Fraction
     n_tokens: int  # placeholder tokens in the prompt = prod(grid_thw) / merge**2
     # names the clip's content for a frozen tower's feature cache (None = never cached)
     key: str | None = None
+
+    @property
+    def second_per_grid(self) -> float:
+        """``grid_interval`` as HF's ``second_per_grid_ts`` float (positions never use it)."""
+        return float(self.grid_interval)
 
 
 @dataclass
@@ -267,6 +276,11 @@ class Backbone:
 
     family: ClassVar[str]
     default_system: ClassVar[str | None] = None
+    # transformers' classes that read a saved checkpoint's processor files (save_extras)
+    processor_class: ClassVar[str]
+    video_processor_class: ClassVar[str]
+    # what the chat template writes for a video; the processor expands its <|video_pad|>
+    template_video: ClassVar[str] = "<|vision_start|><|video_pad|><|vision_end|>"
 
     def __init__(self, model, tokenizer, video: VideoSettings | None = None,
                  max_latents: int = DEFAULT_MAX_LATENTS):
@@ -322,13 +336,13 @@ class Backbone:
         from stormvl.backbones import video_processing as vp
 
         x, ts = vp.check_frames(frames, timestamps)  # (T, 3, H, W) uint8
-        spg = vp.second_per_grid(ts, self.temporal_patch)
+        interval = vp.grid_interval(ts, self.temporal_patch)
         h, w = self._resized(x.shape[0], x.shape[-2], x.shape[-1])
         x = vp.normalize(vp.resize_frames(x, h, w), self.image_mean, self.image_std)
         x, ts = vp.pad_time(x, ts, self.temporal_patch)
         pv, grid = vp.patchify(x, self.patch, self.merge, self.temporal_patch)
         n = grid[0] * grid[1] * grid[2] // self.merge**2
-        return VideoInputs(pv, torch.tensor(grid), np.asarray(ts), spg, n)
+        return VideoInputs(pv, torch.tensor(grid), np.asarray(ts), interval, n)
 
     def video_token_count(self, num_frames: int, height: int, width: int) -> int:
         """Placeholder tokens a clip of this shape costs (for visual-token budgets)."""
@@ -607,19 +621,112 @@ class Backbone:
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(ids)
 
-    def save(self, out_dir: str | Path, stormvl_meta: dict | None = None) -> Path:
-        """HF-format weights + tokenizer + stormvl.json, written to a temp dir then renamed."""
+    @classmethod
+    def load_weights(cls, path_or_id: str | Path, dtype: torch.dtype, trust_remote_code: bool = False):
+        """``model_class().from_pretrained`` from safetensors only, refusing weights that do not
+        fit the config (a config of one family with the weights of another): transformers
+        would re-initialise the missing tensors with a warning, or raise a traceback.
+
+        Raises:
+            UserError: no loadable safetensors weights, or weights of another architecture.
+        """
+        try:
+            model, info = cls.model_class().from_pretrained(
+                path_or_id, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
+                ignore_mismatched_sizes=True, output_loading_info=True)
+        except OSError as exc:  # e.g. a hub id with pickle weights only
+            raise UserError(f"{path_or_id}: cannot load safetensors weights "
+                            f"({' '.join(str(exc).split())})") from None
+        missing, other = sorted(info["missing_keys"]), sorted(k for k, *_ in info["mismatched_keys"])
+        if missing or other:
+            example = (other or missing)[0]
+            raise UserError(
+                f"{path_or_id}: its weights do not fit its config.json ({cls.family}): "
+                f"{len(missing)} tensors missing, {len(other)} of another shape, "
+                f"{len(info['unexpected_keys'])} unexpected (e.g. {example}); the config and "
+                "the weights come from different models")
+        return model
+
+    @classmethod
+    def chat_template(cls) -> str:
+        """``encode``'s layout at K = 0 as a Jinja chat template, for tools that build prompts
+        with transformers' processor (which expands each ``<|video_pad|>`` of a video)."""
+        system = ""
+        if cls.default_system:
+            assert "'" not in cls.default_system
+            system = ("{%- if loop.first and message['role'] != 'system' -%}"
+                      f"{{{{- '<|im_start|>system\\n{cls.default_system}<|im_end|>\\n' -}}}}"
+                      "{%- endif -%}")
+        return (
+            "{%- for message in messages -%}" + system +
+            "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+            "{%- if message['content'] is string -%}{{- message['content'] -}}"
+            "{%- else -%}{%- for part in message['content'] -%}"
+            "{%- if part['type'] == 'video' or 'video' in part -%}"
+            f"{{{{- '{cls.template_video}' -}}}}"
+            "{%- elif part['type'] == 'image' or 'image' in part -%}"
+            "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+            "{%- elif 'text' in part -%}{{- part['text'] -}}"
+            "{%- endif -%}{%- endfor -%}{%- endif -%}"
+            "{{- '<|im_end|>\\n' -}}"
+            "{%- endfor -%}"
+            "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+        )
+
+    def processor_configs(self, video_config: dict | None = None) -> tuple[dict, dict]:
+        """``preprocessor_config.json`` and ``video_preprocessor_config.json`` as transformers
+        writes them for this family, with the pixel bounds this model runs at and, given the
+        run's ``video_config``, the frame sampling it was trained with.
+
+        Written by hand: transformers' Qwen video processor classes need torchvision, which
+        does not install beside this torch. The image bounds are the video's (images are
+        not trained); Qwen2.5-VL reads them per frame, Qwen3-VL per clip, as ours do.
+        """
+        lo, hi = self._pixel_bounds()
+        common = {
+            "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+            "image_mean": list(self.image_mean), "image_std": list(self.image_std),
+            "merge_size": self.merge, "patch_size": self.patch,
+            "temporal_patch_size": self.temporal_patch, "resample": 3,  # bicubic
+            "rescale_factor": 1 / 255, "size": {"longest_edge": hi, "shortest_edge": lo},
+            "processor_class": self.processor_class,
+        }
+        # transformers 4.x reads the image bounds from min_pixels / max_pixels
+        image = {**common, "image_processor_type": "Qwen2VLImageProcessor",
+                 "min_pixels": lo, "max_pixels": hi}
+        # no extra per-frame cap: the bounds above are the whole rule, as in stormvl
+        video = {**common, "video_processor_type": self.video_processor_class,
+                 "return_metadata": False, "cap_pixels_per_frame": False}
+        if video_config:
+            n = video_config.get("num_frames")
+            video.update(do_sample_frames=True, num_frames=n,
+                         fps=None if n else video_config.get("fps"))
+            if not n:
+                video["max_frames"] = video_config.get("max_frames")
+        return image, video
+
+    def save_extras(self, path: Path, stormvl_meta: dict | None = None) -> None:
+        """Everything beside the weights: tokenizer with the chat template, the processor
+        configs (so ``AutoProcessor.from_pretrained`` reads the folder), and stormvl.json."""
         from stormvl import __version__
 
+        meta = {"stormvl_version": __version__, "backbone": self.family,
+                "video": self.video.to_dict(), "max_latents": self.max_latents,
+                **(stormvl_meta or {})}
+        self.tokenizer.chat_template = self.chat_template()
+        self.tokenizer.save_pretrained(str(path))  # writes chat_template.jinja too
+        image, video = self.processor_configs(meta.get("video_config"))
+        for name, d in (("preprocessor_config.json", image), ("video_preprocessor_config.json", video)):
+            (path / name).write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+        (path / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+    def save(self, out_dir: str | Path, stormvl_meta: dict | None = None) -> Path:
+        """HF-format weights + ``save_extras``, written to a temp dir then renamed."""
         out = Path(out_dir)
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         self.model.save_pretrained(tmp, safe_serialization=True)
-        self.tokenizer.save_pretrained(tmp)
-        meta = {"stormvl_version": __version__, "backbone": self.family,
-                "video": self.video.to_dict(), "max_latents": self.max_latents,
-                **(stormvl_meta or {})}
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        self.save_extras(tmp, stormvl_meta)
         old = out.with_name(out.name + ".old")
         if out.exists():
             shutil.rmtree(old, ignore_errors=True)

@@ -2,7 +2,8 @@
 
 Position ids follow the ORIGINAL Qwen2.5-VL scheme, the one the released checkpoints were
 trained with: a video's temporal id is ``floor(grid_index * tokens_per_second *
-second_per_grid)`` with the fraction kept until that final truncation, height / width ids
+second_per_grid)``, decided in exact rational arithmetic (``VideoInputs.grid_interval``; a
+float product such as 3 * 0.1 * 10 = 2.9999999999999996 lands below a whole number), height / width ids
 are the merged-grid row / column, all offset by the block start, and text after a video
 continues at (largest id so far) + 1. transformers 5.23's ``get_rope_index`` instead
 advances text after a video by ``max(grid_h, grid_w) / merge``, so its text ids overlap the
@@ -12,6 +13,7 @@ video's temporal ids (REFERENCES.md section 3); we never let the model compute p
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import torch
 
@@ -20,12 +22,19 @@ from stormvl.backbones.base import Backbone, VideoInputs, VideoSettings
 
 
 def qwen2_5_video_positions(
-    grid_thw: tuple[int, int, int], merge: int, tokens_per_second: float, second_per_grid: float
+    grid_thw: tuple[int, int, int],
+    merge: int,
+    tokens_per_second: float,
+    second_per_grid: Fraction | float,
 ) -> torch.Tensor:
-    """Relative (3, t*h*w/merge^2) ids of one video block (original Qwen2.5-VL formula)."""
+    """Relative (3, t*h*w/merge^2) ids of one video block (original Qwen2.5-VL formula).
+
+    ``second_per_grid`` is taken as an exact fraction (a float through
+    ``video_processing.exact_seconds``), so each temporal id is an exact floor.
+    """
     gt, gh, gw = grid_thw[0], grid_thw[1] // merge, grid_thw[2] // merge
-    # 1e-9 guards exact multiples against float noise (e.g. 3 * 0.1 * 10 = 2.9999999999999996)
-    t = torch.tensor([math.floor(g * tokens_per_second * second_per_grid + 1e-9) for g in range(gt)])
+    step = Fraction(tokens_per_second) * vp.exact_seconds(second_per_grid)  # ids per grid step
+    t = torch.tensor([math.floor(g * step) for g in range(gt)])
     tt = t.view(-1, 1, 1).expand(gt, gh, gw)
     hh = torch.arange(gh).view(1, -1, 1).expand(gt, gh, gw)
     ww = torch.arange(gw).view(1, 1, -1).expand(gt, gh, gw)
@@ -35,6 +44,7 @@ def qwen2_5_video_positions(
 class Qwen2_5_VL(Backbone):
     family = "qwen2_5_vl"
     default_system = "You are a helpful assistant."
+    processor_class, video_processor_class = "Qwen2_5_VLProcessor", "Qwen2VLVideoProcessor"
     image_mean, image_std = vp.OPENAI_CLIP_MEAN, vp.OPENAI_CLIP_STD
     default_min_pixels, default_max_pixels = 128 * 28 * 28, 768 * 28 * 28  # per frame (HF video defaults)
 
@@ -58,7 +68,7 @@ class Qwen2_5_VL(Backbone):
     def _vision_blocks(self, v: VideoInputs) -> list[torch.Tensor]:
         tps = self.model.config.vision_config.tokens_per_second
         grid = tuple(int(g) for g in v.grid_thw)
-        return [qwen2_5_video_positions(grid, self.merge, tps, v.second_per_grid)]
+        return [qwen2_5_video_positions(grid, self.merge, tps, v.grid_interval)]
 
     def _vision_forward(self, videos: list[VideoInputs]) -> tuple[torch.Tensor, dict]:
         visual = self.model.model.visual

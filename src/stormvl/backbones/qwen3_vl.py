@@ -42,6 +42,9 @@ def qwen3_frame_positions(grid_hw: tuple[int, int], merge: int) -> torch.Tensor:
 class Qwen3_VL(Backbone):
     family = "qwen3_vl"
     default_system = None
+    processor_class, video_processor_class = "Qwen3VLProcessor", "Qwen3VLVideoProcessor"
+    # Qwen3VLProcessor writes each frame as "<t seconds><|vision_start|>...<|vision_end|>"
+    template_video = "<|video_pad|>"
     image_mean, image_std = vp.IMAGENET_STANDARD_MEAN, vp.IMAGENET_STANDARD_STD
     default_min_pixels, default_max_pixels = 128 * 32 * 32, 768 * 32 * 32  # per clip (HF defaults)
 

@@ -16,6 +16,7 @@ processor's patch layout and normalisation):
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -131,12 +132,31 @@ def patchify(
     return x.reshape(gt * gh * gw, c * temporal_patch * patch * patch), (gt, gh, gw)
 
 
-def second_per_grid(ts: np.ndarray, temporal_patch: int) -> float:
-    """Seconds spanned by one temporal grid step, from the frames actually sampled.
+# Largest denominator kept when a float time becomes a fraction (see ``exact_seconds``).
+MAX_DENOMINATOR = 1_000_000
 
-    Uses the mean interval of the (unpadded) timestamps; a single frame counts as 0.5 s
-    (HF's default of 2 fps). Rounded to microseconds so float noise in decoded timestamps
-    cannot flip the truncation of ``grid_index * tokens_per_second * second_per_grid``.
+
+def exact_seconds(t: float | Fraction) -> Fraction:
+    """The rational a decoded float time stands for.
+
+    Decoders give times as pts x time_base, an exact rational (1/12800 s ticks in an mp4,
+    1/90000 in MPEG-TS, 1/1000 in mkv / webm, steps of 1001/30000 s at 29.97 fps) that
+    reaches us rounded to float64. The closest fraction with denominator <= 10**6 recovers
+    it exactly: the true p/q is at least 1/(q * 10**6) from any other candidate and float64
+    is off by at most 1.2e-16 * t, so times up to ~1.2 h (q = 10**6) or ~14 h (q = 90000)
+    come back exact. A float with no such source (hand-made times) becomes the closest
+    fraction with denominator <= 10**6, within a microsecond of it.
     """
-    interval = float(ts[-1] - ts[0]) / (len(ts) - 1) if len(ts) > 1 else 0.5
-    return round(temporal_patch * interval, 6)
+    return t if isinstance(t, Fraction) else Fraction(float(t)).limit_denominator(MAX_DENOMINATOR)
+
+
+def grid_interval(ts: np.ndarray, temporal_patch: int) -> Fraction:
+    """Exact seconds spanned by one temporal grid step, from the frames actually sampled.
+
+    ``temporal_patch`` x the mean interval of the (unpadded) timestamps, taken from their
+    exact fractions so that ``floor(grid_index * tokens_per_second * interval)`` is decided
+    in exact arithmetic; a single frame counts as 0.5 s (HF's default of 2 fps).
+    """
+    if len(ts) < 2:
+        return temporal_patch * Fraction(1, 2)
+    return temporal_patch * (exact_seconds(ts[-1]) - exact_seconds(ts[0])) / (len(ts) - 1)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stormvl.data.video import Clip, VideoInfo, probe, read_clip
+from stormvl.data.video import DECODER_VERSION, Clip, VideoInfo, probe, read_clip
 from stormvl.io import write_bytes_atomic
 
 
@@ -44,7 +44,7 @@ class ClipReader:
             st = p.stat()
         except OSError:
             return None  # the reader raises its own error for a missing file
-        key = json.dumps([str(p.resolve()), st.st_size, st.st_mtime_ns, kind, args])
+        key = json.dumps([str(p.resolve()), st.st_size, st.st_mtime_ns, kind, args, DECODER_VERSION])
         digest = hashlib.sha1(key.encode()).hexdigest()
         return self.root / digest[:2] / f"{digest}.clip"
 

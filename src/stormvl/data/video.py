@@ -1,12 +1,17 @@
 """Video decode / sample / encode with PyAV (never torchvision).
 
-Three rules every caller relies on:
+Rules every caller relies on:
 
 1. Errors name the file: a missing, corrupt, empty or too-slow video raises ``VideoError``
    whose message starts with the path.
-2. Timestamps come from the frames actually sampled (``Clip.timestamps``), so a model's
-   temporal positions never assume a frame rate the sampler did not use.
-3. Writes are atomic: a killed encode leaves no half-written file at the final path.
+2. Timestamps come from the frames actually sampled (``Clip.timestamps``: each frame's
+   presentation time, so VFR files keep their real times), and a model's temporal positions
+   never assume a frame rate the sampler did not use.
+3. A clip shorter than asked for gives each of its frames once (never a repeated index, so
+   timestamps strictly increase); the backbone pads to its temporal patch, as the Hugging
+   Face Qwen processors do.
+4. Frames come out as displayed: the container's rotation (display matrix) is applied.
+5. Writes are atomic: a killed encode leaves no half-written file at the final path.
 """
 
 from __future__ import annotations
@@ -21,14 +26,18 @@ import numpy as np
 
 from stormvl.errors import VideoError
 
+# What a decoded clip holds changed with it (2: rotation applied, presentation times); disk
+# caches of decoded clips are keyed by it, so a cache written before is not reused.
+DECODER_VERSION = 2
+
 
 @dataclass(frozen=True)
 class VideoInfo:
     """What the container says about a video stream."""
 
     num_frames: int  # decoded frame count (exact when ``exact`` else estimated)
-    fps: float
-    width: int
+    fps: float  # average frame rate
+    width: int  # as displayed (after the container's rotation)
     height: int
     exact: bool
 
@@ -43,8 +52,8 @@ class Clip:
 
     frames: np.ndarray  # (T, H, W, 3) uint8 RGB
     indices: np.ndarray  # (T,) int64 frame index in the source video
-    timestamps: np.ndarray  # (T,) float64 seconds = index / fps
-    fps: float  # the source video's frame rate
+    timestamps: np.ndarray  # (T,) float64 presentation times in seconds, strictly increasing
+    fps: float  # the source video's average frame rate
 
 
 def _open(path: str | Path, timeout_s: float | None):
@@ -65,7 +74,10 @@ def _open(path: str | Path, timeout_s: float | None):
 
 
 def probe(path: str | Path, timeout_s: float | None = 30.0) -> VideoInfo:
-    """Read stream metadata (frame count, fps, size) without decoding when possible.
+    """Read stream metadata (frame count, fps, displayed size).
+
+    Decodes the first frame only: PyAV exposes the display matrix (rotation) on frames, not
+    on streams, and the displayed size decides the token budget.
 
     Raises:
         VideoError: the file is missing, empty or not a video.
@@ -79,7 +91,47 @@ def probe(path: str | Path, timeout_s: float | None = 30.0) -> VideoInfo:
             n = int(round(float(stream.duration * stream.time_base) * fps))
         if n <= 0 and container.duration:
             n = int(round(container.duration / av.time_base * fps))
-        return VideoInfo(n, fps, stream.codec_context.width, stream.codec_context.height, exact)
+        w, h = stream.codec_context.width, stream.codec_context.height
+        try:
+            first = next(container.decode(stream), None)
+        except av.error.FFmpegError as exc:
+            raise VideoError(f"{path}: corrupt video stream at frame 1 ({exc})") from None
+        if first is not None and _quarter_turns(first) % 2:
+            w, h = h, w
+        return VideoInfo(n, fps, w, h, exact)
+
+
+def _quarter_turns(frame) -> int:
+    """Counter-clockwise quarter turns that show ``frame`` upright (its display matrix).
+
+    PyAV's ``VideoFrame.rotation`` is the matrix's counter-clockwise angle in degrees (e.g.
+    -90 for a phone video shot upright, whose pixels are stored sideways); angles that are
+    not a multiple of 90 are rounded to the nearest quarter turn, and mirror flips in the
+    matrix are not applied.
+    """
+    return round(frame.rotation / 90) % 4
+
+
+def _window(num_total: int, fps: float, start: float | None, end: float | None) -> tuple[int, int]:
+    """First and last frame index of the ``[start, end]`` seconds window (at the average
+    rate); a bound outside the video falls back to the whole clip."""
+    if num_total <= 0:
+        raise ValueError("video has no frames")
+    lo = 0 if start is None else max(0, int(round(start * fps)))
+    hi = num_total - 1 if end is None else min(num_total - 1, int(round(end * fps)))
+    if hi < lo:
+        lo, hi = 0, num_total - 1
+    return lo, hi
+
+
+def window_frames(num_total: int, fps: float, start: float | None = None,
+                  end: float | None = None) -> int:
+    """Frames inside the ``[start, end]`` window, the most ``sample_indices`` returns; 0 when
+    the length is unknown (``probe``'s ``num_frames <= 0``)."""
+    if num_total <= 0:
+        return 0
+    lo, hi = _window(num_total, fps, start, end)
+    return hi - lo + 1
 
 
 def sample_indices(
@@ -96,32 +148,33 @@ def sample_indices(
     Uniform ``num_frames`` picks the centre of ``num_frames`` equal segments of the window
     (the convention of MVBench / lmms-eval); ``sample_fps`` takes one frame every
     ``1 / sample_fps`` seconds, capped at ``max_frames``. ``start`` / ``end`` (seconds)
-    restrict the window (MVBench bounds).
+    restrict the window (MVBench bounds). Frames are chosen by index, seconds map to indices
+    at the average frame rate. A window with fewer frames than asked for gives every frame
+    once, as the Hugging Face Qwen processors cap the count at the frames there are.
 
     Returns:
-        (T,) int64 sorted frame indices, T >= 1.
+        (T,) int64 strictly increasing frame indices, 1 <= T <= ``window_frames``.
     """
-    if num_total <= 0:
-        raise ValueError("video has no frames")
     if (num_frames is None) == (sample_fps is None):
         raise ValueError("give exactly one of num_frames or sample_fps")
-    lo = 0 if start is None else max(0, int(round(start * fps)))
-    hi = num_total - 1 if end is None else min(num_total - 1, int(round(end * fps)))
-    if hi < lo:  # a bound outside the video: fall back to the whole clip
-        lo, hi = 0, num_total - 1
+    lo, hi = _window(num_total, fps, start, end)
     span = hi - lo + 1
     if num_frames is not None:
         if num_frames < 1:
             raise ValueError("num_frames must be >= 1")
-        seg = span / num_frames
+        if num_frames >= span:
+            return np.arange(lo, hi + 1, dtype=np.int64)
+        seg = span / num_frames  # > 1, so the picks are distinct
         idx = lo + np.floor(seg / 2 + seg * np.arange(num_frames)).astype(np.int64)
     else:
         if sample_fps <= 0:
             raise ValueError("sample_fps must be > 0")
         step = fps / sample_fps
-        count = max(1, int(span / step))
+        count = min(span, max(1, int(span / step)))
         if max_frames is not None and count > max_frames:
             return sample_indices(num_total, fps, num_frames=max_frames, start=start, end=end)
+        if count == span:
+            return np.arange(lo, hi + 1, dtype=np.int64)
         idx = lo + np.floor(step / 2 + step * np.arange(count)).astype(np.int64)
     return np.clip(idx, lo, hi)
 
@@ -129,44 +182,58 @@ def sample_indices(
 def decode_frames(
     path: str | Path, indices: np.ndarray | None = None, timeout_s: float | None = 60.0
 ) -> tuple[np.ndarray, float]:
-    """Decode the frames at ``indices`` (all frames when None), in order.
-
-    Frames are counted in decode order, which is the display order for the constant-frame-
-    rate files this project writes and the benchmarks ship. Decoding stops after the last
-    wanted index, so a short clip of a long video does not pay for the rest.
+    """Decode the frames at ``indices`` (all frames when None), in order, upright.
 
     Returns:
-        (frames (T, H, W, 3) uint8, source fps)
+        (frames (T, H, W, 3) uint8, source fps); ``read_clip`` also gives their times.
 
     Raises:
         VideoError: unreadable file, fewer frames than asked for, or decoding that takes
             longer than ``timeout_s`` seconds.
     """
+    frames, _, fps = _decode(path, indices, timeout_s)
+    return frames, fps
+
+
+def _decode(
+    path: str | Path, indices: np.ndarray | None, timeout_s: float | None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Frames at ``indices`` (all when None), their presentation times, the average fps.
+
+    Frames are counted in the decoder's output order, which is display order. Decoding stops
+    after the last wanted index, so a short clip of a long video does not pay for the rest.
+    """
     deadline = time.monotonic() + timeout_s if timeout_s else None
     want = None if indices is None else np.asarray(indices, dtype=np.int64)
     last = None if want is None else int(want.max())
     picked: dict[int, np.ndarray] = {}
+    pts: dict[int, int | None] = {}
     with _open(path, timeout_s) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+        time_base = stream.time_base
         wanted = None if want is None else set(want.tolist())
-        i = -1
+        i, origin = -1, None
         try:
             for i, frame in enumerate(container.decode(stream)):
                 if deadline is not None and time.monotonic() > deadline:
                     raise VideoError(f"{path}: decoding took longer than {timeout_s:.0f}s")
+                if i == 0:
+                    origin = frame.pts
                 if wanted is None or i in wanted:
-                    picked[i] = frame.to_ndarray(format="rgb24")
+                    img = frame.to_ndarray(format="rgb24")
+                    turns = _quarter_turns(frame)
+                    picked[i] = np.rot90(img, turns) if turns else img
+                    pts[i] = frame.pts
                 if last is not None and i >= last:
                     break
         except av.error.FFmpegError as exc:
             raise VideoError(f"{path}: corrupt video stream at frame {i + 1} ({exc})") from None
     if not picked:
         raise VideoError(f"{path}: no decodable frames")
-    if want is None:
-        return np.stack([picked[k] for k in sorted(picked)]), fps
-    missing = [int(k) for k in want if int(k) not in picked]
+    order = sorted(picked) if want is None else [int(k) for k in want]
+    missing = [k for k in order if k not in picked]
     if missing:
         # Container frame counts can overstate; reuse the last decoded frame for a tail
         # that is at most 2 frames short, anything else is a truncated file.
@@ -177,7 +244,24 @@ def decode_frames(
             )
         for k in missing:
             picked[k] = picked[got]
-    return np.stack([picked[int(k)] for k in want]), fps
+    times = _presentation_times(order, pts, origin, time_base, fps)
+    return np.stack([picked[k] for k in order]), times, fps
+
+
+def _presentation_times(order: list[int], pts: dict, origin, time_base, fps: float) -> np.ndarray:
+    """Seconds since the first frame, from each frame's pts x time_base (an exact rational,
+    rounded once to float64); a reused tail frame continues at the average rate. A stream
+    without usable pts (missing, or not increasing) falls back to index / fps."""
+    if origin is not None and time_base and all(v is not None for v in pts.values()):
+        got = max(pts)
+
+        def sec(k: int) -> float:
+            return float((pts[k] - origin) * time_base)
+
+        ts = np.asarray([sec(k) if k in pts else sec(got) + (k - got) / fps for k in order])
+        if np.all(np.diff(ts) > 0):
+            return ts
+    return np.asarray(order, dtype=np.float64) / fps
 
 
 def read_clip(
@@ -189,16 +273,16 @@ def read_clip(
     max_frames: int | None = None,
     timeout_s: float | None = 60.0,
 ) -> Clip:
-    """Sample and decode a clip; timestamps are those of the frames actually used."""
+    """Sample and decode a clip; timestamps are the presentation times of the frames used."""
     info = probe(path, timeout_s)
     n = info.num_frames
     if n <= 0:  # unknown length: decode everything once and sample from memory
-        frames, fps = decode_frames(path, None, timeout_s)
+        frames, times, fps = _decode(path, None, timeout_s)
         idx = sample_indices(len(frames), fps, num_frames, sample_fps, start, end, max_frames)
-        return Clip(frames[idx], idx, idx / fps, fps)
+        return Clip(frames[idx], idx, times[idx], fps)
     idx = sample_indices(n, info.fps, num_frames, sample_fps, start, end, max_frames)
-    frames, fps = decode_frames(path, idx, timeout_s)
-    return Clip(frames, idx, idx.astype(np.float64) / fps, fps)
+    frames, times, fps = _decode(path, idx, timeout_s)
+    return Clip(frames, idx, times, fps)
 
 
 def write_video(

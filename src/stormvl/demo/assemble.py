@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from stormvl.demo.presets import OOD_SHIFTS, SUITE_OOD, Preset
+from stormvl.demo.timing import time_spent
 from stormvl.errors import UserError
 from stormvl.report.stats import bootstrap_accuracy, paired_gain
 
@@ -93,6 +94,42 @@ def chain_labels(data_dir: Path) -> dict[str, str]:
     return {s.id: chain_label(s) for s in read_manifest(data_dir / "manifest.jsonl")}
 
 
+def diagnostics_subset(test_dir: Path, n: int) -> dict:
+    """Which test questions the latent diagnostics answered: the first ``n`` in manifest
+    order (``diagnose``), and the families among them (the manifest is sorted by family,
+    so a cap below the split leaves families out)."""
+    from stormvl.data.manifest import read_manifest
+
+    rows = read_manifest(test_dir / "manifest.jsonl")
+    return {"questions": min(n, len(rows)), "of": len(rows),
+            "families": sorted({r.family for r in rows[:n]}),
+            "all_families": sorted({r.family for r in rows})}
+
+
+def train_loss(preset: Preset, method: str, run: Path, points: int = 60) -> list[list[float]]:
+    """A run's training cross-entropy by global step, averaged over at most ``points``
+    equal bins of steps (``[[mean step, mean ce], ...]``): every step is logged, a curve
+    of 1,500 raw points would only be noise at page width. A resumed run logs the steps
+    after its last checkpoint again; the last value of a step counts."""
+    from stormvl.data.manifest import read_jsonl_tolerant
+    from stormvl.demo.pipeline import run_stages
+
+    by_step: dict[int, float] = {}
+    for sub, first, _ in run_stages(preset, method):
+        for row in read_jsonl_tolerant(run / sub / "metrics.jsonl"):
+            if isinstance(row.get("step"), int) and isinstance(row.get("ce"), int | float):
+                by_step[first + row["step"]] = float(row["ce"])
+    if not by_step:
+        return []
+    steps = sorted(by_step)
+    width = max(1, -(-(steps[-1] - steps[0] + 1) // points))
+    bins: dict[int, list[int]] = defaultdict(list)
+    for st in steps:
+        bins[(st - steps[0]) // width].append(st)
+    return [[round(float(np.mean(b)), 1), round(float(np.mean([by_step[x] for x in b])), 4)]
+            for _, b in sorted(bins.items())]
+
+
 def thought_video_cost(test_dir: Path, record: Path, n: int = 32) -> float:
     """Seconds to render one thought video with the procedural renderer (a lower bound:
     a video-generation model costs orders of magnitude more).
@@ -126,57 +163,67 @@ def thought_video_cost(test_dir: Path, record: Path, n: int = 32) -> float:
     return seconds
 
 
-def _goal(text: str, met: bool | None, value) -> dict:
+def _goal(text: str, met: bool | None, value, unit: str) -> dict:
+    """One goal row. ``unit`` says how the report shows ``value``: ``points`` (per-seed
+    gains), ``accuracy_pair`` ([a, b] in %), ``x_decode`` / ``x_textcot`` (ratios),
+    ``minutes``, ``share`` (0-1, shown in %), ``share_vs_chance`` ([share, chance]),
+    ``cosine``."""
     def tidy(v):
         return round(float(v), 4) if isinstance(v, float | np.floating) else v
 
     value = [tidy(v) for v in value] if isinstance(value, list) else tidy(value)
-    return {"goal": text, "met": met, "value": value}
+    return {"goal": text, "met": met, "value": value, "unit": unit}
 
 
 def goals(res: dict, preset: Preset) -> list[dict]:
-    """The issue's success criteria, checked against the measured numbers."""
+    """The method's success criteria, in plain words, checked against the measured numbers."""
     acc, g, cost, diag = res["accuracy"], res["gains"], res["cost"], res["diagnostics"]
     out = []
     if "storm" in acc["test"]:
         for other, need in (("direct", 10.0), ("latent", 5.0)):
             if other in acc["test"]:
                 gg = g["test"][f"storm-{other}"]
-                out.append(_goal(f"storm beats {other} by >= {need:g} points on test in every seed",
-                                 bool(gg["min"] >= need), gg["per_seed"]))
+                out.append(_goal(f"storm beats {other} on test by at least {need:g} points, "
+                                 "in every seed", bool(gg["min"] >= need), gg["per_seed"], "points"))
                 for split in preset.ood_splits:
                     go = g[split][f"storm-{other}"]
-                    out.append(_goal(f"storm's gain over {other} holds on {split} (> 0 in every seed)",
-                                     bool(go["min"] > 0), go["per_seed"]))
+                    out.append(_goal(f"storm's gain over {other} holds on {split} (above 0 in "
+                                     "every seed)", bool(go["min"] > 0), go["per_seed"], "points"))
         if "oracle" in acc["test"]:
-            out.append(_goal("oracle >= storm on test", bool(res["macro"]["test"]["oracle"]
-                                                            >= res["macro"]["test"]["storm"]),
-                             [res["macro"]["test"]["oracle"], res["macro"]["test"]["storm"]]))
+            m = res["macro"]["test"]
+            out.append(_goal("the oracle, shown the thought video, scores at least storm's test "
+                             "accuracy", bool(m["oracle"] >= m["storm"]), [m["oracle"], m["storm"]],
+                             "accuracy_pair"))
     if {"storm", "direct"} <= set(cost):
         extra = cost["storm"]["total_s"] - cost["direct"]["total_s"]
         # the first reply token comes from the prefill's logits: tokens - 1 decode forwards
         step = cost["direct"]["decode_s"] / max(1.0, cost["direct"]["tokens"] - 1)
         ratio = extra / max(1e-9, preset.k * step)
-        out.append(_goal("storm latency - direct latency <= 1.1 x K decode steps",
-                         bool(ratio <= 1.1), round(ratio, 3)))
+        out.append(_goal(f"storm's latency over direct's costs at most 1.1 x the time of K = "
+                         f"{preset.k} decoded tokens", bool(ratio <= 1.1), round(ratio, 3),
+                         "x_decode"))
     if {"storm", "textcot"} <= set(cost):
         r = cost["storm"]["total_s"] / max(1e-9, cost["textcot"]["total_s"])
-        out.append(_goal("storm latency <= 0.3 x textcot latency", bool(r <= 0.3), round(r, 3)))
+        out.append(_goal("storm answers in at most 0.3 x textcot's latency", bool(r <= 0.3),
+                         round(r, 3), "x_textcot"))
     t = res.get("time")
     if preset.minutes is not None and t:
-        out.append(_goal(f"the {preset.name} demo takes <= {preset.minutes:g} min (wall, every stage "
-                         f"and invocation recorded; {t['cores']} cores, {t.get('cpu', 'not recorded')})",
-                         bool(t["total_min"] <= preset.minutes), t["total_min"]))
+        out.append(_goal(f"the {preset.name} demo takes at most {preset.minutes:g} min of wall "
+                         f"time (every stage and invocation; {t['cores']} cores, "
+                         f"{t.get('cpu', 'not recorded')})",
+                         bool(t["total_min"] <= preset.minutes), t["total_min"], "minutes"))
     for seed, d in sorted(diag.get("storm", {}).items()):
         sw = d["interventions"]["swap"]["answer_change"]
-        out.append(_goal(f"storm seed {seed} latents used: swap changes >= 30% of answers",
-                         bool(sw >= 0.3), sw))
+        out.append(_goal(f"storm seed {seed}: its latents are used (swapping in another "
+                         "question's changes at least 30% of answers)", bool(sw >= 0.3), sw, "share"))
         if "alignment" in d and "retrieval" in d["alignment"]:
             r = d["alignment"]["retrieval"]
-            out.append(_goal(f"storm seed {seed} retrieval top-1 well above chance (>= 3x chance)",
-                             bool(r["mean"] >= 3 * r["chance"]), [r["mean"], r["chance"]]))
-        out.append(_goal(f"storm seed {seed} latent diversity cosine < 0.9",
-                         bool(d["diversity"]["mean"] < 0.9), d["diversity"]["mean"]))
+            out.append(_goal(f"storm seed {seed}: a latent picks its own thought-video segment "
+                             "at 3 x chance or more", bool(r["mean"] >= 3 * r["chance"]),
+                             [r["mean"], r["chance"]], "share_vs_chance"))
+        out.append(_goal(f"storm seed {seed}: latents differ between questions (mean cosine "
+                         "below 0.9)", bool(d["diversity"]["mean"] < 0.9), d["diversity"]["mean"],
+                         "cosine"))
     return out
 
 
@@ -186,7 +233,7 @@ def assemble_results(preset: Preset, out: Path, evals: dict, curves: dict, diags
     seeds = preset.seeds
     res: dict = {"preset": asdict(preset), "methods": methods, "seeds": seeds}
     res["splits"] = ["test", *preset.ood_splits]
-    res["split_notes"] = {"ood": SUITE_OOD} | {s: OOD_SHIFTS[s] for s in preset.ood_shifts}
+    res["split_notes"] = {s: SUITE_OOD if s == "ood" else OOD_SHIFTS[s] for s in preset.ood_splits}
     res["accuracy"], res["by_difficulty"], res["macro"], res["gains"] = {}, {}, {}, {}
     res["by_chain"] = {}
     for split in res["splits"]:
@@ -207,27 +254,20 @@ def assemble_results(preset: Preset, out: Path, evals: dict, curves: dict, diags
     render = thought_video_cost(out / "data" / "test", out / "eval" / "thought_video_cost.json")
     res["cost"] = cost_table(evals, methods, seeds, render)
     res["curves"] = {m: {str(s): curves[m, s] for s in range(seeds)} for m in methods}
+    res["train_loss"] = {m: {str(s): train_loss(preset, m, out / "runs" / m / f"seed{s}")
+                             for s in range(seeds)} for m in methods}
     res["diagnostics"] = {}
     for (m, s), d in diags.items():
         res["diagnostics"].setdefault(m, {})[str(s)] = d
+    if diags:
+        res["diagnostics_subset"] = diagnostics_subset(out / "data" / "test",
+                                                       max(d["n"] for d in diags.values()))
+    if "storm" in methods:
+        from stormvl.demo.pipeline import run_stages
+
+        _, (_, stage2_start, _) = run_stages(preset, "storm")  # (sub, first step, steps)
+        res["storm_stage1_end"] = stage2_start  # the global step Stage I ends at
     res["time"] = time_spent(out)
     res["goals"] = goals(res, preset)
     return res
 
-
-def time_spent(out: Path) -> dict | None:
-    """Wall minutes per stage summed over the invocations recorded in ``out/timing.jsonl``."""
-    from stormvl.data.manifest import read_jsonl_tolerant
-    from stormvl.demo.pipeline import TIMING
-
-    rows = read_jsonl_tolerant(out / TIMING)
-    if not rows:
-        return None
-    per = {}
-    for r in rows:
-        per[r["stage"]] = per.get(r["stage"], 0.0) + r["s"] / 60
-    return {"stages_min": {k: round(v, 2) for k, v in per.items()},
-            "total_min": round(sum(per.values()), 2), "invocations": sum(r["stage"] == "data" for r in rows),
-            "interrupted": sum(bool(r.get("interrupted")) for r in rows),
-            "cores": max(r.get("cores") or 0 for r in rows),
-            "cpu": ", ".join(sorted({r["cpu"] for r in rows if r.get("cpu")})) or "not recorded"}

@@ -11,6 +11,7 @@ where it stopped (training itself resumes from its last checkpoint).
     out/eval/thought_video_cost.json    the renderer's seconds per thought video (oracle's cost)
     out/curves/<method>/seed<s>/step-<n>/ val results of intermediate checkpoints
     out/diag/<method>/seed<s>.json latent diagnostics
+    out/diag/retrieval/seed<s>.json thought-video retrieval: latents vs textcot vs random
     out/results.json, report.md, index.html, *.png
 """
 
@@ -18,21 +19,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
 from stormvl.demo.presets import METHODS, OOD_SHIFTS, Preset, shift_render
+from stormvl.demo.schedule import Job, Log, Task, in_workers, task_order
+from stormvl.demo.timing import recover_interrupted, timed
 from stormvl.errors import UserError
-from stormvl.io import quiet_libraries, read_json, write_json_atomic
-
-Log = Callable[[str], None]
-Job = tuple[str, int]  # (method, seed)
-
+from stormvl.io import read_json, write_json_atomic
 
 # settings that never change a run's numbers: how fast the demo goes (and the time it is
 # meant to take), and how many runs it holds (a folder can be extended with more seeds or
@@ -40,11 +36,6 @@ Job = tuple[str, int]  # (method, seed)
 SPEED_ONLY = ("parallel", "synth_workers", "data_workers", "minutes")
 EXTENT = ("seeds", "methods", "ood_shifts")
 STAGE1_DIAG = "storm (end of Stage I)"  # diagnostics row of storm's last Stage-I checkpoint
-TIMING = "timing.jsonl"  # wall seconds per stage and invocation
-# the stage running now: its record-to-be, when it started and when it last showed life; a
-# demo killed mid-stage (even by SIGKILL) leaves it for the next invocation to count
-RUNNING = ".stage.json"
-HEARTBEAT_S = 30.0
 
 
 def _check_preset(out: Path, preset: Preset) -> dict:
@@ -88,8 +79,9 @@ def make_data(preset: Preset, root: Path, log: Log) -> dict[str, Path]:
     from stormvl.synth import build_suite
     from stormvl.synth.build import SuiteMismatch
 
-    sizes = {"train": preset.n_train, "val": preset.n_val, "test": preset.n_test,
-             "ood": preset.n_ood}
+    sizes = {"train": preset.n_train, "val": preset.n_val, "test": preset.n_test}
+    if "ood" in preset.ood_splits:
+        sizes["ood"] = preset.n_ood
     jobs = [(split, split, n, 1000 + i, preset.frames, preset.size)
             for i, (split, n) in enumerate(sizes.items())]
     for shift in preset.ood_shifts:
@@ -98,7 +90,9 @@ def make_data(preset: Preset, root: Path, log: Log) -> dict[str, Path]:
     dirs = {}
     for name, split, n, seed, frames, size in jobs:
         d = root / name
-        log(f"[data] {name}: {n} questions")
+        have = _rows(d / "manifest.jsonl")  # a resumed demo says what it found
+        log(f"[data] {name}: {n} questions" + (": found done" if have >= n else
+                                               f" ({have} found)" if have else ""))
         try:
             build_suite(d, n, families=list(preset.families) or None, split=split,
                         difficulty=preset.difficulty, frames=frames, size=size,
@@ -117,6 +111,14 @@ def make_data(preset: Preset, root: Path, log: Log) -> dict[str, Path]:
 # --- stage 2: training -------------------------------------------------------------------
 
 
+def _rows(manifest: Path) -> int:
+    """Lines of a manifest (0 when there is none): what a resumed data stage finds."""
+    if not manifest.is_file():
+        return 0
+    with manifest.open("rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
 def train_config(preset: Preset, method: str, seed: int, manifest: Path, out: Path,
                  steps: int, stage: int = 1, stage1: Path | None = None, init: Path | None = None):
     """The trainer config of one method run; every method shares the preset's budget.
@@ -131,7 +133,7 @@ def train_config(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
         "out_dir": str(out),
         "seed": seed,
         # from scratch (or from textcot's checkpoint: `init`); Stage-I targets always come
-        # from a fixed encoder (REFERENCES.md 6)
+        # from a fixed encoder (a tower trained by the same loss collapsed with the latents)
         "model": {"backbone": str(init) if init else preset.backbone, "init_seed": seed,
                   "freeze_vision": preset.freeze_vision},
         "method": {"name": method, "k": preset.k, "stage": stage,
@@ -143,6 +145,7 @@ def train_config(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
                     "cache_dir": str(shared_cache(manifest.parent, "targets"))},
         "align": {"weight": preset.align_weight},
         "data": {"train": str(manifest), "split": "train", "num_workers": preset.data_workers,
+                 "prompt": preset.prompt,
                  "cache_decoded": True,  # many epochs over small clips
                  "clip_cache": str(shared_cache(manifest.parent, "clips"))},
         "video": {"num_frames": preset.frames, "max_pixels": frame_pixel_bound(preset.size),
@@ -177,6 +180,8 @@ def _train_once(cfg, log: Log) -> list[tuple[int, Path]]:
         log(f"[train] {cfg.method.name} stage {cfg.method.stage} seed {cfg.seed}: "
             f"{cfg.optim.max_steps} steps -> {cfg.out_dir}")
         train(cfg, resume=bool(found))
+    else:
+        log(f"[train] {cfg.method.name} stage {cfg.method.stage} seed {cfg.seed}: found done")
     return ckpt.list_checkpoints(cfg.out_dir)
 
 
@@ -209,7 +214,7 @@ def finished_checkpoints(preset: Preset, method: str, out: Path) -> list[tuple[i
     last step; None before that."""
     found = []
     for first, steps, ckpts in stage_checkpoints(preset, method, out):
-        if not ckpts or ckpts[-1][0] < steps:
+        if steps and (not ckpts or ckpts[-1][0] < steps):  # 0 steps: storm's Stage I only
             return None
         found += [(first + step, p) for step, p in ckpts]
     return found
@@ -230,7 +235,7 @@ def train_method(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
         if not (init / "stormvl.json").is_file():
             raise UserError(f"{method} seed {seed} starts from textcot's checkpoint {init}, which "
                             "does not exist: train textcot first (include it in --methods)")
-    for sub, _, steps in stages:  # stage1: None, then Stage I's final checkpoint for Stage II
+    for sub, _, steps in (s for s in stages if s[2]):  # stage1: None, then Stage I's last
         cfg = train_config(preset, method, seed, manifest, out / sub, steps,
                            stage=2 if sub == "stage2" else 1, stage1=stage1, init=init)
         stage1 = _train_once(cfg, log)[-1][1]
@@ -238,176 +243,6 @@ def train_method(preset: Preset, method: str, seed: int, manifest: Path, out: Pa
     if ckpts is None:  # the trainer saves its last step: a bug, not bad input
         raise RuntimeError(f"{out}: {method} seed {seed} trained, but its last checkpoint is missing")
     return ckpts
-
-
-def _init_worker(threads: int, start_method: str) -> None:
-    """A spawned training process: its share of the cores, and the parent's start method
-    back as the default (spawn would otherwise carry over to the
-    DataLoader's decode workers, which then cannot pickle the dataset's closures)."""
-    import multiprocessing as mp
-    import threading
-
-    import torch
-
-    torch.set_num_threads(threads)
-    mp.set_start_method(start_method, force=True)
-    quiet_libraries()
-    parent = os.getppid()
-
-    def exit_with_parent():  # a demo killed by pid would otherwise leave its workers training
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=exit_with_parent, daemon=True).start()
-
-
-def job_order(preset: Preset) -> tuple[list[Job], dict[Job, Job]]:
-    """Every (method, seed) run in start order, and the run each one must wait for.
-
-    Longest first, so the two workers finish together: textcot (the longest steps, and the
-    start of latent and storm), oracle, direct, then latent and storm (their 500 steps fill
-    the gaps at the end). With ``latent_from_textcot`` latent and storm of a seed wait for
-    that seed's textcot only.
-    """
-    rank = {"textcot": 0, "oracle": 1, "direct": 2, "latent": 3, "storm": 3}
-    jobs = sorted(((m, s) for s in range(preset.seeds) for m in preset.methods),
-                  key=lambda j: (rank[j[0]], j[1]))
-    needs = {}
-    if preset.latent_from_textcot and "textcot" in preset.methods:
-        needs = {j: ("textcot", j[1]) for j in jobs if j[0] in ("latent", "storm")}
-    return jobs, needs
-
-
-def run_jobs(pool: Executor, parallel: int, jobs: list[Job], needs: dict[Job, Job],
-             fn: Callable[[Job], object],
-             progress: Callable[[Job, float | None, int, int, float], None] | None = None,
-             size: Callable[[Job], float | None] | None = None,
-             found: Callable[[Job], float] | None = None) -> dict[Job, object]:
-    """Run ``fn(job)`` for every job on ``pool``, at most ``parallel`` at once, in ``jobs``
-    order except that a job starts only after the one it ``needs`` has finished.
-    ``progress(job, seconds, done, total, left_s)`` is told of each job as it finishes, with
-    ``time_left``'s estimate of the rest (``size``: see there).
-
-    ``found(job)``: the share of a job done before any starts (a resumed demo: 1 = all of
-    it). Such a job still runs, to return its results. One found whole ends at once and is
-    no measure of a job: its seconds are None and stay out of the estimate. One found in
-    part (a run killed mid-training) counts as its seconds scaled to the whole job.
-    """
-    from concurrent.futures import FIRST_COMPLETED, wait
-
-    pending, running, done, started, took = list(jobs), {}, {}, {}, {}
-    before = {j: found(j) for j in jobs} if found else {}
-
-    def share(job) -> float:
-        return before.get(job, 0.0)
-
-    while pending or running:
-        ready = [j for j in pending if needs.get(j) is None or needs[j] in done]
-        for job in ready[: max(0, parallel - len(running))]:
-            pending.remove(job)
-            running[pool.submit(fn, job)] = job
-            started[job] = time.time()
-        if not running:
-            raise RuntimeError(f"runs wait for runs that never start: {pending}")
-        finished, _ = wait(running, return_when=FIRST_COMPLETED)
-        for future in finished:
-            job = running.pop(future)
-            done[job] = future.result()  # a failed run stops the demo
-            seconds, part = time.time() - started[job], share(job)
-            if part < 1:
-                took[job] = seconds / (1 - part)
-            if progress is not None:
-                now = time.time()
-                left = time_left(took, pending, {j: now - started[j] for j in running.values()},
-                                 parallel, size, share)
-                progress(job, seconds if part < 1 else None, len(done), len(jobs), left)
-    return done
-
-
-def is_run(job) -> bool:
-    """Whether ``job`` is one (method, seed) run, not a task made of runs."""
-    return isinstance(job, tuple) and len(job) == 2 and isinstance(job[1], int)
-
-
-def job_kind(job) -> object:
-    """A job without its seed: ``("train", ("storm", 3))`` -> ``("train", "storm")``."""
-    if is_run(job):
-        return job[0]
-    return tuple(map(job_kind, job)) if isinstance(job, tuple) else job
-
-
-def time_left(took: dict[Job, float], pending: list[Job], elapsed: dict[Job, float],
-              parallel: int, size: Callable[[Job], float | None] | None = None,
-              share: Callable[[Job], float] | None = None) -> float:
-    """Seconds until every job is done, roughly (waits between jobs are ignored).
-
-    A job not yet done is expected to take the mean time of the finished jobs of its kind
-    (another seed of the same run). While none of its kind has finished: a job with a
-    ``size`` (a training run's steps) takes the finished sized jobs' seconds per unit times
-    its size; one without takes the mean of the finished jobs without one; with nothing
-    comparable finished it is not counted yet. Without ``size`` every job is comparable.
-    A job with a ``share`` done before it started counts the rest of it. Running jobs count
-    what they have left; the sum is shared by the workers (``parallel``, or fewer when fewer
-    jobs are left).
-    """
-    if not took:
-        return float("nan")
-    size, share = size or (lambda job: None), share or (lambda job: 0.0)
-    kinds: dict[object, list[float]] = {}
-    for job, s in took.items():
-        kinds.setdefault(job_kind(job), []).append(s)
-    units = {j: size(j) for j in took}
-    sized = [(s, units[j]) for j, s in took.items() if units[j] is not None]
-    unsized = [s for j, s in took.items() if units[j] is None]
-
-    def expect(job) -> float:
-        same, n = kinds.get(job_kind(job)), size(job)
-        if same:
-            return sum(same) / len(same)
-        if n is not None:
-            total = sum(u for _, u in sized)
-            return sum(s for s, _ in sized) / total * n if total else 0.0
-        return sum(unsized) / len(unsized) if unsized else 0.0
-
-    def rest(job) -> float:  # what a job takes from its start
-        return expect(job) * (1.0 - share(job))
-
-    work = sum(map(rest, pending)) + sum(max(0.0, rest(j) - e) for j, e in elapsed.items())
-    return work / max(1, min(parallel, len(pending) + len(elapsed)))
-
-
-def job_name(job) -> str:
-    """``("score", ("storm", 0))`` -> ``score storm seed 0``."""
-    if is_run(job):
-        return f"{job[0]} seed {job[1]}"
-    return " ".join(map(job_name, job)) if isinstance(job, tuple) else str(job)
-
-
-def in_workers(preset: Preset, jobs: list[Job], needs: dict[Job, Job], fn: Callable[[Job], object],
-               log: Log, what: str, size: Callable[[Job], float | None] | None = None,
-               found: Callable[[Job], float] | None = None) -> dict[Job, object]:
-    """``fn(job)`` for every job: in this process when ``preset.parallel`` <= 1 (``jobs`` must
-    then list each job after the one it needs), else ``parallel`` spawned processes with the
-    cores split between them, with progress lines (``run_jobs``: ``size``, ``found``). ``fn``
-    must be picklable (a module function or a partial)."""
-    if preset.parallel <= 1:
-        return {job: fn(job) for job in jobs}
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    def progress(job, seconds: float | None, n: int, total: int, left_s: float) -> None:
-        took = "found done" if seconds is None else f"{seconds / 60:.1f} min"
-        left = "" if n == total or left_s != left_s else (
-            f"; ~{left_s / 60:.0f} min left" if left_s >= 90 else "; ~1 min left")
-        log(f"[{what}] {n}/{total} done: {job_name(job)} ({took}{left})")
-
-    threads = max(1, (os.cpu_count() or 1) // preset.parallel)
-    log(f"[{what}] {len(jobs)} jobs, {preset.parallel} at a time, {threads} thread(s) each")
-    with ProcessPoolExecutor(preset.parallel, mp_context=mp.get_context("spawn"),
-                             initializer=_init_worker,
-                             initargs=(threads, mp.get_start_method())) as pool:
-        return run_jobs(pool, preset.parallel, jobs, needs, fn, progress, size, found)
 
 
 def by_seed(jobs) -> list[Job]:
@@ -444,9 +279,6 @@ def train_all(preset: Preset, manifest: Path, out: Path, log: Log, score: Score 
             {job: done["score", job] for job in order if ("score", job) in done})
 
 
-Task = tuple[str, Job]  # ("train" | "score", (method, seed))
-
-
 def task_steps(preset: Preset, task: Task) -> int | None:
     """A training task's own optimizer steps (latent and storm from textcot's checkpoint
     train only the rest of the budget); None for scoring (the time-left estimate's size)."""
@@ -454,27 +286,19 @@ def task_steps(preset: Preset, task: Task) -> int | None:
     return sum(steps for _, _, steps in run_stages(preset, method)) if kind == "train" else None
 
 
-def task_order(preset: Preset, score: bool) -> tuple[list[Task], dict[Task, Task]]:
-    """The pool's tasks in start order and the task each waits for: every training run
-    (``job_order``), then, with ``score``, each run's scoring, which waits for that run only
-    (most scoring first: storm has two stages and two diagnostics, latent one)."""
-    jobs, needs = job_order(preset)
-    tasks = [("train", job) for job in jobs]
-    after = {("train", job): ("train", need) for job, need in needs.items()}
-    if score:
-        rank = {"storm": 0, "latent": 1, "textcot": 2, "oracle": 3, "direct": 4}
-        tasks += [("score", job) for job in sorted(jobs, key=lambda j: (rank[j[0]], j[1]))]
-        after |= {("score", job): ("train", job) for job in jobs}
-    return tasks, after
-
-
 def _task(preset: Preset, manifest: Path, out: Path, log: Log, score: Score | None,
           task: tuple[str, Job]):
     """One pool task: ``("train", job)``, or ``("score", job)`` once that run has finished
     (its checkpoints are listed again here: training a finished run only lists them)."""
     kind, (method, seed) = task
-    ckpts = train_method(preset, method, seed, manifest, out / method / f"seed{seed}", log)
+    quiet = kind == "score"  # its training task said what it did or found
+    ckpts = train_method(preset, method, seed, manifest, out / method / f"seed{seed}",
+                         _silent if quiet else log)
     return ckpts if kind == "train" else score((method, seed), ckpts)
+
+
+def _silent(line: str) -> None:
+    """A log that drops its lines (picklable, unlike a lambda)."""
 
 
 # --- stage 3: evaluation -----------------------------------------------------------------
@@ -554,9 +378,11 @@ def _score_job(preset: Preset, data: dict[str, Path], out: Path, log: Log, job: 
     from stormvl.diagnostics.run import diagnose
 
     method, seed = job
-    log(f"[eval] {method} seed {seed}: val curve, {', '.join(preset.ood_splits)}")
-    evals, curve = {}, []
     places, diag_json = score_places(preset, out, job, ckpts)
+    done = all((d / "results.json").is_file() for where in places for d in where.values())
+    log(f"[eval] {method} seed {seed}: val curve, {', '.join(preset.ood_splits)}"
+        + (": found done" if done else ""))
+    evals, curve = {}, []
     for (step, p), where in zip(ckpts, places, strict=True):
         jobs = [(data[sp], d) for sp, d in where.items()]
         scored = dict(zip(where, evaluate_checkpoint(p, jobs, preset.eval_batch), strict=True))
@@ -564,7 +390,7 @@ def _score_job(preset: Preset, data: dict[str, Path], out: Path, log: Log, job: 
         evals |= {(method, seed, sp): r for sp, r in scored.items()}
     clips, diags = shared_cache(data["test"], "clips"), {}
     for row, path in diag_json.items():
-        log(f"[diagnostics] {row} seed {seed}")
+        log(f"[diagnostics] {row} seed {seed}" + (": found done" if path.is_file() else ""))
         # storm's end of Stage I gets the same interventions: were the latents used while
         # they were being aligned, and did answer-only Stage II make the model drop them?
         at = [(step, p) for step, p in ckpts if checkpoint_stage(p) == 1] if row == STAGE1_DIAG else ckpts
@@ -578,10 +404,23 @@ def _test_job(preset: Preset, data: dict[str, Path], out: Path, runs: dict, log:
               job: Job) -> dict:
     """One run's final checkpoint on test: the accuracy and the latency the report shows."""
     method, seed = job
-    log(f"[test] {method} seed {seed}")
     where = out / "eval" / method / f"seed{seed}" / "test"
+    log(f"[test] {method} seed {seed}" + (": found done" if (where / "results.json").is_file() else ""))
     return evaluate_checkpoint(runs[job][-1][1], [(data["test"], where)], preset.eval_batch)[0]
 
+
+
+def _retrieval(preset: Preset, data: dict[str, Path], out: Path, runs: dict, log: Log) -> dict:
+    """Same-question thought-video retrieval of each seed's latent and storm latents against
+    textcot's rationale states and random vectors (``diagnostics.retrieval``); textcot's run
+    counts when it is in this folder finished, trained here or linked in from another."""
+    from stormvl.diagnostics.retrieval import seed_retrieval
+
+    found = {("textcot", s): finished_checkpoints(preset, "textcot", out / "runs" / "textcot" / f"seed{s}")
+             for s in range(preset.seeds)}
+    runs = {**{job: c for job, c in found.items() if c}, **runs}
+    return seed_retrieval(runs, data["test"], out / "diag" / "retrieval", preset.diag_n,
+                          preset.eval_batch, log, shared_cache(data["test"], "clips"))
 
 @contextmanager
 def torch_threads(n: int):
@@ -608,77 +447,6 @@ def run_demo(preset: Preset, out: str | Path, log: Log = print) -> dict:
         return _run_demo(preset, out, log)
 
 
-@contextmanager
-def timed(out: Path, stage: str, preset: Preset, heartbeat_s: float = HEARTBEAT_S):
-    """Append the wall seconds of ``stage`` to ``out/timing.jsonl`` when it ends.
-
-    The report sums them over every invocation (a resumed demo adds what it did). A stage
-    that does not end (killed, failed) counts too, up to its last sign of life: while it
-    runs, ``out/.stage.json`` is rewritten every ``heartbeat_s`` seconds, and the next
-    invocation records it (``recover_interrupted``), so a killed and resumed demo cannot
-    report less time than it took (at most one heartbeat is lost).
-    """
-    import threading
-
-    from stormvl.evaluation.model import cpu_description
-
-    record = {"stage": stage, "cores": os.cpu_count(), "cpu": cpu_description(),
-              "parallel": preset.parallel, "seeds": preset.seeds, "methods": list(preset.methods)}
-    t0 = time.time()
-    stop = threading.Event()
-
-    def mark() -> None:  # alive as of now
-        write_json_atomic(out / RUNNING, {**record, "started": t0, "alive": time.time()})
-
-    def beat() -> None:
-        while True:
-            mark()
-            if stop.wait(heartbeat_s):
-                return
-
-    thread = threading.Thread(target=beat, name="stage-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    except BaseException:  # failed or interrupted: the mark stays, alive as of now
-        stop.set()
-        thread.join()
-        mark()
-        raise
-    stop.set()
-    thread.join()
-    now = time.time()
-    _append_timing(out, record, now - t0, now)
-    (out / RUNNING).unlink(missing_ok=True)  # killed just before this: counted twice, not lost
-
-
-def _append_timing(out: Path, record: dict, seconds: float, ended: float, **extra) -> None:
-    from stormvl.data.manifest import JsonlAppender
-
-    with JsonlAppender(out / TIMING) as log:
-        log.write({**record, "s": round(seconds, 1),
-                   "ended": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ended)), **extra})
-
-
-def recover_interrupted(out: Path, log: Log) -> None:
-    """Count a stage an earlier invocation did not end (``timed``) from its start to its
-    last heartbeat, as an ``interrupted`` record of ``timing.jsonl``."""
-    mark = out / RUNNING
-    if not mark.is_file():
-        return
-    try:
-        run = read_json(mark)
-        started, alive, stage = float(run.pop("started")), float(run.pop("alive")), str(run["stage"])
-    except (UserError, KeyError, TypeError, ValueError, AttributeError):  # its time is lost
-        log(f"[time] {mark}: unreadable, the interrupted stage's time is not counted")
-        mark.unlink()
-        return
-    _append_timing(out, run, max(0.0, alive - started), alive, interrupted=True)
-    log(f"[time] an earlier invocation's {stage} stage was interrupted after "
-        f"{(alive - started) / 60:.1f} min; counted")
-    mark.unlink()
-
-
 def _run_demo(preset: Preset, out: Path, log: Log) -> dict:
     from stormvl.demo.assemble import assemble_results
     from stormvl.report.demo_report import write_report
@@ -701,11 +469,13 @@ def _run_demo(preset: Preset, out: Path, log: Log) -> dict:
     # question, storm 8.2 vs 6.4: two threads flattered storm against textcot)
     with timed(out, "eval", preset), torch_threads(1):
         tested = {job: _test_job(preset, data, out, runs, log, job) for job in runs}
+        retrieval = _retrieval(preset, data, out, runs, log)
     evals, curves, diags = {}, {}, {}
     for job in by_seed(runs):
         part_evals, curves[job], part_diags = scored[job]
         evals |= part_evals | {(*job, "test"): tested[job]}
         diags |= part_diags
+    diags |= {key: {**diags[key], "retrieval": r} for key, r in retrieval.items() if key in diags}
     results = assemble_results(preset, out, evals, curves, diags)
     write_report(results, out)
     return results

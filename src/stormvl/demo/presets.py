@@ -1,9 +1,12 @@
 """Demo presets: the whole method at three sizes.
 
-``test`` is what the test suite runs (seconds), ``quick`` is the README's first command (a
-smoke run: minutes on 2 cores, too short to learn much), ``full`` is the evidence run (5
-seeds per method: in the pilot the seed-to-seed spread was 10-15 points, larger than some
-gains, REFERENCES.md section 6).
+``test`` is what the test suite runs (seconds). ``quick`` is the README's first command:
+``full``'s recipe (the shell game at its easy level, textcot's curriculum into the latents,
+the answer reading only the latents) at a size that fits minutes on 2 cores: one seed, half
+the batch, no oracle, and the ``bare`` prompt (the video alone: at this size the constant
+question, options and chat template were ~85% of a step's tokens). ``full`` is the evidence
+run: 5 seeds per method with the chat prompt (a pilot's seed-to-seed spread was 10-15
+points, larger than some gains), with the oracle and three ood splits.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class Preset:
     n_test: int = 240  # test questions
     n_ood: int = 120  # out-of-distribution questions per ood split
     ood_shifts: tuple[str, ...] = ()  # OOD_SHIFTS scored beside the suite's own ood split
+    suite_ood: bool = True  # score the suite's own ood split (its question differs: not bare)
     frames: int = 8  # frames per video (input and thought video)
     size: int = 48  # square frame size in pixels
     difficulty: str = "mixed"  # level of every split (the suite's --difficulty)
@@ -55,6 +59,9 @@ class Preset:
     # letters were not learned at all in 300 steps where ordered ones took ~250
     option_order: str = "canonical"
     backbone: str = "tiny:qwen2_5_vl:small"  # trainer backbone string
+    # data.prompt of every run: "chat" (system turn, question, options, instruction) or
+    # "bare" (the video alone: one family, one question, options in canonical order)
+    prompt: str = "chat"
     steps: int = 150  # optimizer steps per method (storm: both stages together)
     batch_size: int = 16
     lr: float = 1e-3
@@ -64,7 +71,7 @@ class Preset:
     # then memorise even 32 clips); frozen, it is a fixed random feature extractor
     freeze_vision: bool = True
     target_encoder: str = "random_projection"  # storm targets: random_projection | backbone
-    stage1_fraction: float = 0.5  # storm: share of the step budget spent in Stage I
+    stage1_fraction: float = 0.5  # storm: share of the step budget in Stage I (1.0: no Stage II)
     # storm: Stage II's learning rate as a share of `lr`; at the full rate answer-only Stage II
     # undid Stage I in two seeds of five (finding 10)
     stage2_lr_scale: float = 1.0
@@ -128,7 +135,7 @@ class Preset:
 
     @property
     def ood_splits(self) -> tuple[str, ...]:
-        return ("ood", *self.ood_shifts)
+        return ("ood",) * self.suite_ood + self.ood_shifts
 
 
 PRESETS: dict[str, Preset] = {
@@ -138,15 +145,23 @@ PRESETS: dict[str, Preset] = {
         steps=4, batch_size=4,
         k=2, curve_points=2, eval_batch=8, diag_n=16, synth_workers=1, data_workers=0,
     ),
-    # a smoke run of every family: far too short to learn (see docs/demo.md)
-    "quick": Preset(name="quick", steps=120, n_val=64, curve_points=2, parallel=2, minutes=10),
+    # full's recipe at minutes' size: the same family, level, data and step budget, half the
+    # batch, one seed, the video-only prompt, no oracle and no ood split (docs/demo.md)
+    "quick": Preset(
+        name="quick", families=("shell_game",), difficulty="easy", n_train=4000, n_val=64,
+        n_test=200, suite_ood=False, prompt="bare", steps=1500, batch_size=16, curve_points=3,
+        diag_n=200, seeds=1, parallel=2, minutes=10,
+        methods=("direct", "textcot", "latent", "storm"),
+        latent_from_textcot=1000, internalize_at=(100, 200, 300), stage1_fraction=0.8,
+        stage2_lr_scale=0.1, bottleneck=True,
+    ),
     # the evidence run: one family at the level and budget where methods first separated (4
     # cups, 1,500 steps of 32 questions, docs/demo.md), 5 seeds for paired gains; hours on 2
     # cores, see the docs
     "full": Preset(
         name="full", families=("shell_game",), difficulty="easy", n_train=4000, n_val=96,
         n_test=400, n_ood=200, ood_shifts=tuple(OOD_SHIFTS),
-        steps=1500, batch_size=32, curve_points=3, diag_n=200, seeds=5, parallel=2, minutes=90,
+        steps=1500, batch_size=32, curve_points=3, diag_n=200, seeds=5, parallel=2, minutes=None,
         # from scratch no latent method learned the shell game in 1,500 steps; from textcot's
         # step 1000 with the written chain dropped sentence by sentence, storm did (finding 9)
         latent_from_textcot=1000, internalize_at=(100, 200, 300), stage1_fraction=0.8,

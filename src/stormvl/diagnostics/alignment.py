@@ -1,11 +1,12 @@
 """Stage-I alignment diagnostics for storm runs.
 
 - cosine between projected latent k and thought-video target k, per step, at every
-  checkpoint of both stages (Stage II is answer-only and was seen to erode the alignment,
-  REFERENCES.md section 6);
+  checkpoint of both stages (Stage II is answer-only and was seen to erode the alignment in
+  a pilot of this project and in the demo's own runs);
 - retrieval: does latent k pick its own question's target k among others' (chance 1/group)?
 - a picture per family: for each latent step, the true thought-video frame at the end of
-  segment k beside the thought-video frame nearest to the projected latent.
+  segment k beside the frame nearest to the projected latent among several questions'
+  thought videos (its own among them).
 """
 
 from __future__ import annotations
@@ -117,27 +118,46 @@ def alignment_report(final, ckpts, samples, root: Path, final_latents: torch.Ten
 
 
 def _picture(path: Path, samples, root: Path, pred: torch.Tensor, encoder, k: int, preset,
-             center: torch.Tensor) -> None:
-    """One row per family: for each step, (true segment-end frame, nearest frame to latent)."""
+             center: torch.Tensor, gallery: int = 32) -> None:
+    """One row per family: for each latent step, the true segment-end frame beside the frame
+    nearest to the projected latent among the thought-video frames of the first ``gallery``
+    questions and its own. A latent nearer another question's video shows as a failure;
+    chosen from its own 8 frames alone, every pair looked right while retrieval was at
+    chance."""
     from stormvl.data.manifest import resolve_media
     from stormvl.data.video import read_clip
     from stormvl.report.render import image_grid
     from stormvl.training.targets import segment_bounds
 
-    rows, titles, seen = [], [], set()
+    reps, seen = [], set()
     for i, s in enumerate(samples):
-        if s.family in seen or not s.thought_video:
+        if s.family not in seen and s.thought_video:
+            seen.add(s.family)
+            reps.append(i)
+    if not reps:
+        return
+    frames, owner, feats = {}, [], []  # owner[m] = (question, frame) of bank row m
+    for i in sorted(set(range(min(gallery, len(samples)))) | set(reps)):
+        if not samples[i].thought_video:
             continue
-        seen.add(s.family)
-        clip = read_clip(resolve_media(root, s.thought_video), num_frames=preset.frames)
-        feats = encoder.encode(clip.frames, clip.timestamps).mean(1)  # (T, D)
-        # each step compares with frames in its own centred space: (K, T)
-        sims = torch.einsum("kd,ktd->kt", F.normalize(pred[i], dim=-1),
-                            F.normalize(feats[None] - center[:, None], dim=-1))
-        row = []
-        for step, (_, end) in enumerate(segment_bounds(len(clip.frames), k)):
-            row += [clip.frames[end - 1], clip.frames[int(sims[step].argmax())]]
+        clip = read_clip(resolve_media(root, samples[i].thought_video), num_frames=preset.frames)
+        frames[i] = clip.frames
+        feats.append(encoder.encode(clip.frames, clip.timestamps).mean(1))  # (T, D)
+        owner += [(i, t) for t in range(len(clip.frames))]
+    bank = torch.cat(feats)  # (M, D)
+    # each step compares with frames in its own centred space: (K, M)
+    rows, labels, titles = [], [], []
+    for i in reps:
+        sims = torch.einsum("kd,kmd->km", F.normalize(pred[i], dim=-1),
+                            F.normalize(bank[None] - center[:, None], dim=-1))
+        row, label = [], []
+        for step, (_, end) in enumerate(segment_bounds(len(frames[i]), k)):
+            j, t = owner[int(sims[step].argmax())]
+            row += [frames[i][end - 1], frames[j][t]]
+            label += [f"frame {end}", f"own, frame {t + 1}" if j == i else "other question"]
         rows.append(row)
-        titles.append(f"{s.family}: (true, nearest) per latent step")
-    if rows:
-        image_grid(path, rows, titles, "storm latents vs thought-video frames")
+        labels.append(label)
+        titles.append(samples[i].family)
+    cols = [f"step {s + 1}: {what}" for s in range(k) for what in ("true", "nearest")]
+    image_grid(path, rows, titles, f"storm latents vs thought-video frames (nearest among "
+               f"{len(frames)} questions' videos)", col_titles=cols, labels=labels)

@@ -7,7 +7,11 @@ section 2, the CapImagine critique). These functions measure exactly that:
 - ``diversity``: mean pairwise cosine of latent k across questions (1.0 = collapsed);
 - ``answer_change``: how often replacing / ablating latents changes the answer;
 - ``retrieval_top1``: does latent k pick its own question's thought-video target k out of a
-  group of other questions' targets?;
+  group of other questions' targets (top-1, and Hit@5 / MRR beside it)?;
+- ``own_ranks`` / ``hits_and_mrr`` / ``retrieval_chance``: Hit@k and mean reciprocal rank of
+  each query's own key, the measures of STORM's same-video retrieval (its Figure 6);
+- ``pair_similarity`` / ``crossfit_map``: question-by-question scores over K vectors, and an
+  out-of-fold linear map into the target space for representations trained without one;
 - ``probe_accuracy``: can a linear probe read the hidden scene state at segment k from
   latent k?
 """
@@ -71,35 +75,111 @@ def answer_change(base: Sequence[str], other: Sequence[str]) -> float:
     return float(np.mean([a != b for a, b in zip(base, other, strict=True)])) if base else float("nan")
 
 
+def own_ranks(sim: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each query's own key among all keys; a tie counts against the query.
+
+    Pessimistic ties: a collapsed representation (every score equal) ranks last, not first.
+
+    Args:
+        sim: (N, N) scores, row = query, column = key; key i belongs to query i.
+    Returns:
+        (N,) long ranks in [1, N].
+    """
+    return (sim >= sim.diagonal()[:, None]).sum(1)
+
+
+def hits_and_mrr(ranks: torch.Tensor, at: Sequence[int] = (1, 5)) -> dict:
+    """{"hit@k": share of queries whose own key ranks <= k, ..., "mrr": mean of 1 / rank}."""
+    r = ranks.double()
+    out = {f"hit@{k}": float((r <= k).double().mean()) for k in at}
+    out["mrr"] = float((1.0 / r).mean())
+    return out
+
+
+def retrieval_chance(n: int, at: Sequence[int] = (1, 5)) -> dict:
+    """``hits_and_mrr`` of a query whose own key lands at a uniformly random rank of ``n``."""
+    out = {f"hit@{k}": min(k, n) / n for k in at}
+    out["mrr"] = sum(1.0 / r for r in range(1, n + 1)) / n
+    return out
+
+
+def pair_similarity(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Score of every (query question, key question) pair: the mean over the K steps of the
+    cosine between query step k and key step k.
+
+    Args:
+        queries: (N, K, D); keys: (M, K, D).
+    Returns:
+        (N, M).
+    """
+    q = F.normalize(queries.float(), dim=-1)
+    k = F.normalize(keys.float(), dim=-1)
+    return torch.einsum("ikd,jkd->ij", q, k) / q.shape[1]
+
+
 def retrieval_top1(pred: torch.Tensor, targets: torch.Tensor, group: int = 32) -> dict:
-    """Top-1 retrieval of a question's own target among a group of questions' targets.
+    """Retrieval of a question's own target among a group of questions' targets, per step.
 
     Args:
         pred: (N, K, D) latents mapped into the target space (the Stage-I projector).
         targets: (N, K, D) thought-video targets of the same questions.
         group: candidates per query (chance = 1 / group); questions are split in order.
     Returns:
-        {"per_step": [K], "mean": float, "chance": float}
+        {"per_step": [K] top-1, "mean": float, "chance": float, "hit@5", "mrr" (means over
+        steps), "chance_hit@5", "chance_mrr"}
     """
     n, k, _ = pred.shape
-    p = F.normalize(pred.float(), dim=-1)
-    t = F.normalize(targets.float(), dim=-1)
-    hits = torch.zeros(k)
-    count = 0
-    sizes = []
+    ranks, sizes = [], []  # ranks[g]: (K, group size)
     for start in range(0, n, group):
         end = min(n, start + group)
         if end - start < 2:
             continue
-        sim = torch.einsum("ikd,jkd->kij", p[start:end], t[start:end])  # (K, g, g)
-        hits += (sim.argmax(-1) == torch.arange(end - start)).float().sum(-1)
-        count += end - start
+        ranks.append(torch.stack([own_ranks(pair_similarity(pred[start:end, s:s + 1],
+                                                            targets[start:end, s:s + 1]))
+                                  for s in range(k)]))
         sizes.append(end - start)
-    if count == 0:
+    if not sizes:
         return {"per_step": [], "mean": float("nan"), "chance": float("nan")}
-    per = (hits / count).tolist()
-    chance = float(np.mean([1 / s for s in sizes]))
-    return {"per_step": per, "mean": float(np.mean(per)), "chance": chance}
+    r = torch.cat(ranks, dim=1)  # (K, questions in groups)
+    per = [hits_and_mrr(row)["hit@1"] for row in r]
+    both = hits_and_mrr(r.flatten())
+    chance = [retrieval_chance(s) for s in sizes]
+    return {"per_step": per, "mean": float(np.mean(per)),
+            "chance": float(np.mean([c["hit@1"] for c in chance])),
+            "hit@5": both["hit@5"], "mrr": both["mrr"],
+            "chance_hit@5": float(np.mean([c["hit@5"] for c in chance])),
+            "chance_mrr": float(np.mean([c["mrr"] for c in chance]))}
+
+
+def crossfit_map(x: torch.Tensor, y: torch.Tensor, folds: int = 5, seed: int = 0) -> torch.Tensor:
+    """Out-of-fold ridge predictions of ``y`` from ``x``: one linear map shared by the K steps,
+    fitted on the other folds' questions (ridge strength picked inside them), so no question
+    is mapped by a fit that saw its own target.
+
+    Why: a representation trained without a projector into the target space (latent,
+    textcot's hidden states, random vectors) can only be compared with the thought-video
+    features through a fitted map, and an in-sample fit with more dimensions than questions
+    would retrieve perfectly from noise.
+
+    Args:
+        x: (N, K, D) representations; y: (N, K, D_t) targets; N >= 2 questions.
+    Returns:
+        (N, K, D_t) predictions.
+    """
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    n, k, d = x.shape
+    xs, ys = x.double().cpu().numpy(), y.double().cpu().numpy()
+    out = np.zeros(ys.shape)
+    split = KFold(n_splits=min(folds, n), shuffle=True, random_state=seed)
+    for train, test in split.split(np.arange(n)):
+        fit = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 7)))
+        fit.fit(xs[train].reshape(-1, d), ys[train].reshape(len(train) * k, -1))
+        out[test] = fit.predict(xs[test].reshape(-1, d)).reshape(len(test), k, -1)
+    return torch.from_numpy(out).float()
 
 
 def probe_accuracy(latents: torch.Tensor, labels: np.ndarray, folds: int = 5, seed: int = 0) -> dict:

@@ -51,6 +51,30 @@ class LoadedModel:
     oracle_frames: int  # oracle: thought-video frames appended (0 otherwise)
     path: str
     meta: dict = field(default_factory=dict)
+    # what the caller should be told about the choice of checkpoint (resolve_checkpoint)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def prompt(self) -> dict:
+        """Its prompt layout (``data.prompt``): ``{"layout": "chat"}``, or ``bare`` with the one
+        question and options it was trained on (the prompt then holds only the video)."""
+        return self.meta.get("prompt") or {"layout": "chat"}
+
+    def bare_prompt(self, question: str, options: list[str], where: str) -> bool:
+        """True when this model's prompt leaves the question out (``bare``), after checking
+        that ``question`` is the one it was trained on; False for the chat layout.
+
+        Raises:
+            UserError: a bare model asked another question (it never saw one).
+        """
+        p = self.prompt
+        if p.get("layout") != "bare":
+            return False
+        if question != p.get("question") or list(options) != list(p.get("options") or []):
+            raise UserError(f"{where}: this checkpoint was trained with data.prompt=bare on one "
+                            f"question ({p.get('question')!r} with options {p.get('options')}) "
+                            "and answers only that one")
+        return True
 
     @property
     def writes_rationale(self) -> bool:
@@ -75,14 +99,15 @@ def _device(device: str | None) -> str:
 def load_model(path: str | Path, device: str | None = None, dtype: str = "auto") -> LoadedModel:
     """Load a stormvl checkpoint (or a plain HF Qwen-VL folder, evaluated as ``direct``).
 
+    ``path`` may also be a training run's folder: its newest finished checkpoint is taken
+    (``resolve_checkpoint``).
+
     Raises:
         UserError: missing folder, unknown method, LoRA adapters that need ``stormvl export``.
     """
     from stormvl.backbones import load_backbone, read_stormvl_meta
 
-    p = Path(path)
-    if not p.is_dir():
-        raise UserError(f"{p}: checkpoint folder not found")
+    p, notes = resolve_checkpoint(path)
     if (p / "adapter_config.json").is_file():
         raise UserError(f"{p}: a LoRA checkpoint (adapters only); merge it first with "
                         f"'stormvl export {p} MERGED' and evaluate MERGED")
@@ -104,7 +129,58 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto")
         video = VideoConfig(num_frames=16, max_visual_tokens=PLAIN_MAX_VISUAL_TOKENS, **bounds)
     k = int(meta.get("k") or 0) if method in LATENT_METHODS else 0
     bb.bottleneck = bool(meta.get("bottleneck")) and k > 0  # as it was trained
-    return LoadedModel(bb, method, k, video, oracle, str(p.resolve()), meta)
+    return LoadedModel(bb, method, k, video, oracle, str(p.resolve()), meta, notes)
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, list[str]]:
+    """The checkpoint folder a model path names: the folder itself, or, for a training run's
+    folder (``out_dir``, holding ``checkpoints/step-N``), its newest finished checkpoint.
+
+    Returns:
+        (the checkpoint folder, warnings: a run taken before its last step).
+    Raises:
+        UserError: no such folder; a run with no finished checkpoint; a folder that is neither
+            (naming the training runs found below it, if any).
+    """
+    from stormvl.backbones import read_stormvl_meta
+    from stormvl.training.checkpoint import list_checkpoints
+
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"{p}: checkpoint folder not found")
+    if (p / "config.json").is_file() or (p / "adapter_config.json").is_file():
+        return p, []
+    if (p / "checkpoints").is_dir():
+        found = list_checkpoints(p)
+        if not found:
+            raise UserError(f"{p}: a training run with no finished checkpoint yet "
+                            f"(none under {p / 'checkpoints'})")
+        step, last = found[-1]
+        meta = read_stormvl_meta(last) or {}
+        total = ((meta.get("config") or {}).get("optim") or {}).get("max_steps")
+        notes = [] if not total or step >= total else [
+            f"{p}: the run stopped at step {step} of {total}; using its newest checkpoint {last}"]
+        return last, notes
+    runs = _runs_below(p)
+    if runs:
+        more = f" and {len(runs) - 5} more" if len(runs) > 5 else ""
+        raise UserError(f"{p}: not a checkpoint (no config.json) nor a training run; the "
+                        f"training runs below it are {', '.join(map(str, runs[:5]))}{more}: pass "
+                        "one of them, or one of its checkpoints/step-N folders")
+    raise UserError(f"{p}: not a checkpoint (no config.json) nor a training run (no checkpoints/)")
+
+
+def _runs_below(root: Path, depth: int = 4) -> list[Path]:
+    """Training-run folders (with a ``checkpoints/`` folder) up to ``depth`` levels below."""
+    out, level = [], [root]
+    for _ in range(depth):
+        nxt = []
+        for d in level:
+            for c in sorted(d.iterdir()):
+                if c.is_dir() and not c.name.startswith("."):
+                    (out if (c / "checkpoints").is_dir() else nxt).append(c)
+        level = nxt
+    return out
 
 
 # ----------------------------------------------------------------------------------------

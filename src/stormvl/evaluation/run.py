@@ -1,8 +1,9 @@
 """A benchmark run: one durable JSONL line per item (reply, latency split, tokens, latent
 steps, frame indices), a settings record that refuses a re-run with other settings into the
 same folder (mixed settings give a number that describes nothing), resume by skipping ids
-already written, data-parallel shards, then scoring with the benchmark's own rules into
-results.json / results.md. Also one question about one video (``stormvl answer``).
+already answered (failed ones are retried), data-parallel shards, then scoring with the
+benchmark's own rules into results.json / results.md. A run where too many items failed to
+load is an error, not a score. Also one question about one video (``stormvl answer``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from stormvl.evaluation.runner import Prepared, Runner
 from stormvl.io import exclusive_folder, read_json, write_text_atomic
 from stormvl.tasks.base import EvalItem
 
+MAX_FAILED_SHARE = 0.05  # default: a run with more items failing to load is an error
+
 
 @dataclass
 class Shards:
@@ -41,12 +44,18 @@ class Shards:
 
 
 def _done_ids(out: Path) -> set[str]:
-    """Ids answered or failed in any earlier run, whatever its process count was."""
+    """Ids answered in any earlier run, whatever its process count was."""
     done = set()
-    for kind in ("predictions", "failed"):
-        for f in [out / f"{kind}.jsonl", *sorted(out.glob(f"{kind}.rank*.jsonl"))]:
-            done |= {str(r["id"]) for r in read_jsonl_tolerant(f)}
+    for f in [out / "predictions.jsonl", *sorted(out.glob("predictions.rank*.jsonl"))]:
+        done |= {str(r["id"]) for r in read_jsonl_tolerant(f)}
     return done
+
+
+def _forget_failures(out: Path) -> None:
+    """Drop earlier runs' failure logs: every run retries the items that failed (the media
+    may have been fixed since), so the logs then hold this run's failures only."""
+    for f in [out / "failed.jsonl", *out.glob("failed.rank*.jsonl")]:
+        f.unlink(missing_ok=True)
 
 
 def check_settings(out: Path, key: dict, write: bool) -> None:
@@ -153,19 +162,28 @@ def merge_shards(info: Shards) -> list[dict]:
 
 def run_eval(runner: Runner, benchmark: str, items: Sequence[EvalItem], out_dir: str | Path,
              data: str | Path = "", rank: int = 0, world: int = 1, barrier=None,
-             progress: bool = True) -> dict | None:
+             progress: bool = True, max_failed_share: float = MAX_FAILED_SHARE) -> dict | None:
     """Evaluate ``items`` into ``out_dir``; resumable. Returns results on rank 0, else None.
 
     With ``world`` > 1 (``accelerate launch``) rank r answers items r, r + world, ... into
     its own shard; ``barrier`` (every process calls it) separates the phases.
 
+    Args:
+        max_failed_share: the run is an error when more than this share of its items (or
+            every item) failed to load; the answered ones stay on disk for the re-run.
+
     Raises:
-        UserError: ``out_dir`` holds a run with other settings; an oracle checkpoint on a
-            benchmark without thought videos; another evaluation is writing ``out_dir``.
+        UserError: no items; ``out_dir`` holds a run with other settings; an oracle
+            checkpoint on a benchmark without thought videos; another evaluation is writing
+            ``out_dir``; too many items failed (rank 0, after all were tried).
     """
     barrier = barrier or (lambda: None)
+    if not items:
+        raise UserError(f"{benchmark}: no questions to evaluate")
     if runner.settings.limit is not None and runner.settings.limit < 1:
         raise UserError(f"--limit {runner.settings.limit}: must be >= 1")
+    if not 0.0 <= max_failed_share <= 1.0:
+        raise UserError(f"--max-failed-share {max_failed_share}: must be between 0 and 1")
     prompts_sha = text_sha("\n".join(f"{it.id}\t{it.prompt}" for it in items))  # before --limit
     items = list(items)[: runner.settings.limit] if runner.settings.limit else list(items)
     if runner.model.oracle_frames and not all(it.meta.get("thought_video") for it in items):
@@ -175,11 +193,12 @@ def run_eval(runner: Runner, benchmark: str, items: Sequence[EvalItem], out_dir:
     # one job per folder: resume trusts the shards on disk (rank 0 holds the lock; a second
     # job's rank 0 stops, and its other ranks with it at the first barrier)
     with exclusive_folder(info.out, "an evaluation") if rank == 0 else nullcontext():
-        return _run_eval(runner, benchmark, items, info, data, prompts_sha, barrier, progress)
+        return _run_eval(runner, benchmark, items, info, data, prompts_sha, barrier, progress,
+                         max_failed_share)
 
 
 def _run_eval(runner: Runner, benchmark: str, items: list[EvalItem], info: Shards, data,
-              prompts_sha: str, barrier, progress: bool) -> dict | None:
+              prompts_sha: str, barrier, progress: bool, max_failed_share: float) -> dict | None:
     from stormvl.tasks import breakdowns
 
     rank = info.rank
@@ -192,14 +211,53 @@ def _run_eval(runner: Runner, benchmark: str, items: list[EvalItem], info: Shard
     barrier()
     if rank == 0:
         check_settings(info.out, key, write=True)  # ... before rank 0 records them
+        _forget_failures(info.out)  # before any process logs this run's failures
     barrier()
     answer_items(runner, items, info, progress)
     barrier()
     if rank != 0:
         return None
     preds, fails = merge_shards(info)
+    check_failures(info.out, items, fails, max_failed_share)
     return finalize(info.out, benchmark, items, preds, fails, {**key, **desc}, runner.warnings,
                     breakdowns(benchmark))
+
+
+def check_failures(out: Path, items: Sequence[EvalItem], fails: list[dict],
+                   max_share: float = MAX_FAILED_SHARE) -> None:
+    """Refuse to score a run where every item, or more than ``max_share`` of them, failed to
+    load: its number would describe the data copy (a wrong layout, missing media), not the
+    model. An earlier run's results files go too, so none stands in for this run.
+
+    Raises:
+        UserError: one line: how many failed, the first reason, and how to resume.
+    """
+    known = {it.id for it in items}
+    fails = [f for f in fails if str(f["id"]) in known]
+    n, k = len(items), len(fails)
+    if not k or (k < n and k <= max_share * n):
+        return
+    for name in ("results.json", "results.md"):
+        (out / name).unlink(missing_ok=True)
+    what = (f"all {n} items failed to load" if k == n else f"{k} of {n} items failed to "
+            f"load, more than the {max_share:.0%} allowed (--max-failed-share)")
+    first = " ".join(str(fails[0]["error"]).split())
+    raise UserError(f"{out}: {what}; first: {fails[0]['id']}: {first}; all in "
+                    f"{out / 'failed.jsonl'}; fix them and re-run the same command (answered "
+                    "items are kept, failed ones retried)")
+
+
+def failure_lines(result: dict, failed_log: Path, shown: int = 5) -> list[str]:
+    """The console summary of a run's load failures: a count, the first ``shown``, the rest
+    counted."""
+    n = result["failed"]
+    if not n:
+        return []
+    lines = [f"{n} videos failed to load, counted as missing (see {failed_log}):"]
+    lines += [f"  {f['id']}: {f['error']}" for f in result["failed_items"][:shown]]
+    if n > shown:
+        lines.append(f"  ... and {n - shown} more")
+    return lines
 
 
 def _frame_hash(rows: list[dict]) -> str:
@@ -233,6 +291,7 @@ def finalize(out: Path, benchmark: str, items: Sequence[EvalItem], preds: list[d
 
     known = {it.id for it in items}
     rows = [r for r in preds if str(r["id"]) in known]  # a --limit run scores its items only
+    fails = [f for f in fails if str(f["id"]) in known]
     result = score(benchmark, items, Predictions({str(r["id"]): r["response"] for r in rows}),
                    breakdown_keys)
     result["failed"] = len(fails)
@@ -274,7 +333,8 @@ def _peak_memory_mb() -> float:
 def answer_question(runner: Runner, video: str | Path, question: str,
                     options: Sequence[str] = ()) -> dict:
     """Answer one question about one video with the method's layout; returns the reply, the
-    latency split and what was sampled.
+    latency split and what was sampled. Without options the question is open-ended: the reply
+    decodes until the end token or the free-form budget (``Runner.run``).
 
     Raises:
         UserError: the video is missing or cannot be decoded.
@@ -284,7 +344,9 @@ def answer_question(runner: Runner, video: str | Path, question: str,
     video = Path(video)
     if not video.is_file():
         raise UserError(f"--video {video}: file not found")
-    item = EvalItem("answer", "answer", video, format_question(question, list(options) or None), "")
+    item = EvalItem("answer", "answer", video, format_question(question, list(options) or None), "",
+                    format="mc" if options else "open_ended", question=question,
+                    options=list(options))
     p = runner.prepare(item)
     res = runner.run([p])
     return _row(p, res.texts[0], res, 0, 1, runner.gen["k"], runner.model.writes_rationale)

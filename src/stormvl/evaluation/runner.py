@@ -33,6 +33,10 @@ from stormvl.evaluation.model import (
 )
 from stormvl.tasks.base import EvalItem, frame_folder_files, load_clip
 
+# Reply budget of an open-ended question (an answer in words, not a letter) when the run sets
+# none: 16 tokens would cut most sentences. (lmms-eval gives all of MMVU 1024.)
+FREE_FORM_MAX_NEW_TOKENS = 256
+
 
 @dataclass
 class Prepared:
@@ -65,8 +69,11 @@ class Runner:
         from stormvl.training.video_settings import backbone_counter
 
         self.model, self.settings = model, settings
-        self.video, self.warnings = resolve_video(model.video, settings)
+        self.video, warnings = resolve_video(model.video, settings)
+        self.warnings = [*model.notes, *warnings]
         self.gen = generation_settings(model, settings)
+        self.gen["free_form_max_new_tokens"] = settings.max_new_tokens or max(
+            self.gen["max_new_tokens"], FREE_FORM_MAX_NEW_TOKENS)
         self._count = backbone_counter(model.backbone)
         self._torch_gen = torch.Generator().manual_seed(settings.seed)
         # prepare() runs in decode threads; a fast tokenizer must not be entered concurrently
@@ -85,20 +92,22 @@ class Runner:
             UserError / VideoError: missing or unreadable media (the caller records it).
         """
         from stormvl.backbones import Prompt
+        from stormvl.data.video import window_frames
         from stormvl.training.data import plan_clips
         from stormvl.training.video_settings import wanted_frames, with_max_pixels
 
         t0 = time.perf_counter()
         bb, v = self.model.backbone, self.video
         n, fps, h, w = _source(item, v.timeout_s, self.clips)
-        shapes = [(h, w, wanted_frames(v, n, fps))]
+        avail = window_frames(n, fps, item.start, item.end)
+        shapes = [(h, w, wanted_frames(v, avail, fps), avail)]
         thought = None
         if self.model.oracle_frames:
             thought = item.meta.get("thought_video")
             if not thought:
                 raise UserError(f"item {item.id}: the oracle method needs a thought video")
-            _, _, th, tw = _source(EvalItem("", "", Path(thought), "", ""), v.timeout_s, self.clips)
-            shapes.append((th, tw, self.model.oracle_frames))
+            tn, tfps, th, tw = _source(EvalItem("", "", Path(thought), "", ""), v.timeout_s, self.clips)
+            shapes.append((th, tw, self.model.oracle_frames, window_frames(tn, tfps)))
         plans = plan_clips(shapes, v, self._count, bb.temporal_patch)
         clip = load_clip(item, num_frames=plans[0].num_frames, clips=self.clips)
         videos = [with_max_pixels(bb, plans[0].max_pixels).preprocess_video(clip.frames, clip.timestamps)]
@@ -108,7 +117,10 @@ class Runner:
             videos.append(with_max_pixels(bb, plans[1].max_pixels)
                           .preprocess_video(tclip.frames, tclip.timestamps))
             t_idx = [int(i) for i in tclip.indices]
-        prompt = Prompt(videos=videos, text=item.render_prompt(clip.timestamps), k=self.gen["k"])
+        if self.model.bare_prompt(item.question, item.options, f"item {item.id}"):
+            prompt = Prompt(videos=videos, text="", k=self.gen["k"], system="")
+        else:
+            prompt = Prompt(videos=videos, text=item.render_prompt(clip.timestamps), k=self.gen["k"])
         with self._encode_lock:
             encoded = bb.encode(prompt)
         return Prepared(item, encoded, [int(i) for i in clip.indices], t_idx,
@@ -118,11 +130,28 @@ class Runner:
             **overrides):
         """Generate for a batch of prepared items; returns the engine's ``GenerateOutput``.
 
+        Open-ended items (``format == "open_ended"``) decode up to the free-form budget, the
+        others up to ``max_new_tokens``; the two kinds are generated apart, so a multiple-choice
+        reply does not depend on whether an open question shared its batch.
+
         Args:
             projector: maps each latent state before it is fed back (the engine's hook;
                 diagnostics use it to swap / zero / perturb latents). None for evaluation.
-            overrides: generation settings for this call (max_new_tokens, do_sample, ...).
+            overrides: generation settings for this call (max_new_tokens, do_sample, ...);
+                a ``max_new_tokens`` here applies to every item.
         """
+        if "max_new_tokens" in overrides:
+            return self._generate(prepared, projector, overrides)
+        groups: dict[int, list[int]] = {}
+        for i, p in enumerate(prepared):
+            key = "free_form_max_new_tokens" if p.item.format == "open_ended" else "max_new_tokens"
+            groups.setdefault(self.gen[key], []).append(i)
+        outs = [(rows, self._generate([prepared[i] for i in rows], projector,
+                                      {**overrides, "max_new_tokens": n}))
+                for n, rows in groups.items()]
+        return outs[0][1] if len(outs) == 1 else _merge(outs, len(prepared))
+
+    def _generate(self, prepared: Sequence[Prepared], projector, overrides: dict):
         from stormvl.latent import generate
 
         g = {**self.gen, **overrides}
@@ -171,8 +200,31 @@ class Runner:
         from stormvl.backbones import Prompt
 
         bb = self.model.backbone
-        enc = bb.encode(Prompt(videos=[], text=text or "{question}", k=self.gen["k"]))
+        if self.model.prompt.get("layout") == "bare":  # the user turn holds only the video
+            enc = bb.encode(Prompt(videos=[], text="", k=self.gen["k"], system=""))
+        else:
+            enc = bb.encode(Prompt(videos=[], text=text or "{question}", k=self.gen["k"]))
         return bb.tokenizer.decode(enc.input_ids, skip_special_tokens=False)
+
+
+def _merge(parts: list[tuple[list[int], Any]], n: int):
+    """One ``GenerateOutput`` from those of row subsets (``(rows, output)`` each), in the
+    original row order; the batch's time is the sum of the parts'."""
+    from stormvl.latent.engine import GenerateOutput
+
+    order = [(row, out, j) for rows, out in parts for j, row in enumerate(rows)]
+    order.sort(key=lambda t: t[0])
+    assert [t[0] for t in order] == list(range(n))
+    timings: dict[str, float] = {}
+    for _, out in parts:
+        for k, v in out.timings.items():
+            timings[k] = timings.get(k, 0.0) + v
+    return GenerateOutput(
+        texts=[out.texts[j] for _, out, j in order],
+        token_ids=[out.token_ids[j] for _, out, j in order],
+        latents=torch.stack([out.latents[j] for _, out, j in order]),  # (B, K, D)
+        timings=timings,
+        n_generated=[out.n_generated[j] for _, out, j in order])
 
 
 def load_runner(pretrained: str, **settings: Any) -> Runner:

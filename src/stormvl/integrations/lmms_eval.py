@@ -64,7 +64,8 @@ def _load_runner(pretrained: str, settings: dict[str, Any]):
 class StormVL(_Base):
     """A stormvl checkpoint as an lmms-eval "simple" model (video paths + text in, text out).
 
-    Args (``--model_args``): ``pretrained`` (checkpoint dir), ``num_frames`` (uniform frames,
+    Args (``--model_args``): ``pretrained`` (checkpoint dir, or a training run's folder: its
+    newest checkpoint, as ``stormvl eval --model`` takes it), ``num_frames`` (uniform frames,
     default 16), ``fps`` (sample by rate instead), ``k`` (latent steps; default from the
     checkpoint), ``batch_size``; ``device`` and others from the harness are passed through.
     """

@@ -1,9 +1,10 @@
 """Accuracy with honest intervals.
 
-Seed-to-seed spread on the built-in suite is 10-15 points (REFERENCES.md section 6), larger
-than some gains, so every accuracy in a report carries a 95% interval: a bootstrap over
-questions, and over seeds too when there are several (a two-level bootstrap: resample seeds,
-then questions within each drawn seed).
+Seed-to-seed spread on the built-in suite is large (direct from scratch: 26.5 to 49.0% over
+five seeds of the shell game, docs/results/findings.md), larger than some gains, so every
+accuracy in a report carries a 95% interval: a bootstrap over questions, and over seeds too
+when there are several (a two-level bootstrap: resample seeds, then questions within each
+drawn seed).
 """
 
 from __future__ import annotations

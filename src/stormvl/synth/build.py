@@ -9,7 +9,9 @@ Layout of ``DIR``::
 
 Why it survives a kill: each video is written atomically (temp file + rename) and a row is
 appended (flushed + fsynced) only after both of its videos exist; a re-run drops a torn
-last line, skips ids already done and finally rewrites the manifest sorted, atomically. The
+last line, removes the temporaries a killed writer left, skips ids already done and finally
+rewrites the manifest sorted, atomically. A full disk stops the run with one error naming the
+file (nothing half-written stays); the rerun resumes. The
 RNG of item i depends only on (seed, split, family, i), so any worker count gives the same
 bytes.
 """
@@ -33,7 +35,7 @@ from stormvl.data.manifest import (
 )
 from stormvl.data.video import write_video
 from stormvl.errors import UserError
-from stormvl.io import write_text_atomic
+from stormvl.io import read_json, remove_stale_temps, write_text_atomic, writing
 from stormvl.synth.base import GENERATOR_VERSION
 from stormvl.synth.registry import FAMILIES, check_args, generate
 
@@ -136,8 +138,8 @@ def _prepare_dir(out: Path, args: SuiteArgs, overwrite: bool) -> None:
         have = None
         if meta_p.is_file():
             try:
-                have = {k: v for k, v in json.loads(meta_p.read_text()).items() if k != "complete"}
-            except json.JSONDecodeError:
+                have = {k: v for k, v in read_json(meta_p).items() if k != "complete"}
+            except (UserError, AttributeError):  # damaged, or not a JSON object
                 have = None
         if overwrite:
             for name in (MANIFEST, ARGS_FILE):
@@ -151,6 +153,7 @@ def _prepare_dir(out: Path, args: SuiteArgs, overwrite: bool) -> None:
                 f"--out {out}: {why}; use --overwrite to replace it"
                 + (f" (differs in: {', '.join(differs)})" if differs else ""), differs)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out, (MANIFEST, ARGS_FILE))  # left by a killed (or disk-full) writer
     for sub in ("videos", "thoughts"):
         (out / sub).mkdir(exist_ok=True)
         for tmp in (out / sub).glob(".*.tmp"):  # left by a killed encoder
@@ -168,8 +171,9 @@ def make_row(out: str, args: SuiteArgs, family: str, index: int) -> dict:
                     args.intro, args.option_order)
     sid = item_id(family, args.split, index)
     video, thought = f"videos/{sid}.mp4", f"thoughts/{sid}.mp4"
-    write_video(Path(out) / video, item.video, fps=args.fps, lossless=True)
-    write_video(Path(out) / thought, item.thought, fps=args.fps, lossless=True)
+    for rel, frames in ((video, item.video), (thought, item.thought)):
+        with writing(Path(out) / rel):
+            write_video(Path(out) / rel, frames, fps=args.fps, lossless=True)
     sample = Sample(
         id=sid,
         video=video,
@@ -262,8 +266,8 @@ def build_suite(
             if pool is not None:
                 pool.terminate()
                 pool.join()
-    if bar is not None:
-        bar.close()
+            if bar is not None:  # (also on an error, so its line ends before the message)
+                bar.close()
     rows = [parse_row(done[k], f"{out / MANIFEST}") for k in sorted(done)]
     write_manifest(out / MANIFEST, rows)
     _write_json(out / ARGS_FILE, {**asdict(args), "families": list(args.families), "complete": True})

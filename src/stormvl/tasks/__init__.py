@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import import_module
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def load_benchmark(
     prompt: PromptConfig | None = None,
     subtitles: bool = False,
     check_media: bool = True,
+    tasks: Sequence[str] | None = None,
 ) -> list[EvalItem]:
     """Read a benchmark's local copy into ``EvalItem``s.
 
@@ -39,9 +41,11 @@ def load_benchmark(
         prompt: pre / post prompt overrides (lmms-eval's defaults otherwise).
         subtitles: VideoMME only: build prompts with the subtitles of the sampled frames.
         check_media: also require every video to exist (scoring does not need them).
+        tasks: MVBench only: read just these of its 20 tasks (a partial copy is enough).
 
     Raises:
-        UserError: unknown benchmark, or a missing file / field (named in the message).
+        UserError: unknown benchmark, a missing file / field (named in the message), or a
+            copy that holds no questions.
     """
     mod = _module(name)
     data = Path(data)
@@ -49,8 +53,15 @@ def load_benchmark(
         raise UserError(f"{data}: benchmark data folder not found")
     if subtitles and name != "videomme":
         raise UserError("--subtitles applies to videomme only")
+    if tasks and name != "mvbench":
+        raise UserError("--tasks applies to mvbench only")
     kwargs = {"subtitles": subtitles} if name == "videomme" else {}
-    return mod.load(data, prompt=prompt, check_media=check_media, **kwargs)
+    if tasks:
+        kwargs["tasks"] = list(tasks)
+    items = mod.load(data, prompt=prompt, check_media=check_media, **kwargs)
+    if not items:  # e.g. an empty manifest: nothing could be scored, so nothing to report
+        raise UserError(f"{data}: the {name} copy holds no questions")
+    return items
 
 
 def breakdowns(name: str) -> tuple[str, ...]:

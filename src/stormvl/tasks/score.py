@@ -5,10 +5,12 @@ Accounting rules (the same for every benchmark):
 * a prediction whose id is not in the benchmark is reported (``unknown``) and ignored;
 * a repeated id is reported (``duplicates``); its first reply is the one scored;
 * an item with no prediction is reported (``missing``) and counts as wrong;
-* a reply no rule can read counts as wrong (``unmatched``) unless a judge is configured,
-  in which case the judge decides (as the official scorers fall back to an LLM);
-* formats that only a judge can score (TempCompass captioning, MMVU open-ended) are
-  ``not_scored`` without one - left out of the accuracy, never guessed.
+* a reply no rule can read (for letter answers: no option letter in it, ``""`` included)
+  counts as wrong (``unmatched``) unless a judge is configured, in which case the judge
+  decides (as the official scorers fall back to an LLM);
+* formats that only a judge can score (TempCompass captioning, open-ended questions: MMVU's
+  and a suite manifest's rows without options) are ``not_scored`` without one - left out of
+  the accuracy, never guessed.
 """
 
 from __future__ import annotations
@@ -87,8 +89,7 @@ def read_predictions(path: str | Path) -> Predictions:
 
 def verdict(item: EvalItem, response: str | None, judge: Judge | None = None) -> Verdict:
     """Apply the item's benchmark rule to one reply (None = no prediction)."""
-    judged_only = item.format == "captioning" or (
-        item.benchmark == "mmvu" and item.format == "open_ended")
+    judged_only = item.format in ("captioning", "open_ended")
     if judged_only and judge is None:
         return Verdict(None, "", "not_scored")
     if response is None:
@@ -102,26 +103,42 @@ def verdict(item: EvalItem, response: str | None, judge: Judge | None = None) ->
     if decided is not None:
         return Verdict(bool(decided), extracted, "rule")
     if judge is not None:
-        return Verdict(judge.binary(item.question, item.answer, response), extracted, "judge")
+        return Verdict(judge.binary(*_judge_question(item), response), extracted, "judge")
     return Verdict(False, extracted, "unmatched")
+
+
+def _judge_question(item: EvalItem) -> tuple[str, str]:
+    """(question, gold) as the judge is shown them: a bare gold letter ("B") says nothing
+    without its options, so lettered options and the gold option's text come with it."""
+    letters = _letters(item)
+    if not (item.options and len(item.answer) == 1 and item.answer in letters):
+        return item.question, item.answer  # the gold is already text (TempCompass lines)
+    lines = "\n".join(f"{letters[k]}. {o}" for k, o in enumerate(item.options))
+    gold = f"{item.answer}. {item.options[letters.index(item.answer)]}"
+    return f"{item.question}\n{lines}", gold
 
 
 def _letters(item: EvalItem) -> str:
     return LETTERS[: max(len(item.options), 1)]
 
 
+# A reply with no readable letter is undecided (None): unmatched, so a configured judge
+# sees it; without one it is wrong, as in the harness.
+
 def _videomme(item: EvalItem, reply: str):
     got = extract.priority_letter(reply, "ABCD")
-    return got.lower() == item.answer.lower(), got
+    return (got.lower() == item.answer.lower()) if got else None, got
 
 
 def _synth(item: EvalItem, reply: str):
     got = extract.priority_letter(reply, _letters(item))
-    return got == item.answer, got
+    return (got == item.answer) if got else None, got
 
 
 def _mvbench(item: EvalItem, reply: str):
-    got = extract.mvbench_letter(reply)
+    got = extract.mvbench_letter(reply)  # a letter A-E, else the normalised text
+    if not (len(got) == 1 and got in "ABCDE"):
+        return None, got
     return got == extract.mvbench_letter(item.answer), got
 
 

@@ -3,7 +3,9 @@ difficulty and split (the ``ood`` split uses parameter ranges training never saw
 
 Layout: ``DIR/manifest.jsonl`` (schema in docs/manifest.md) with media paths relative to DIR.
 The prompt lists lettered options in the common "A. text" form with lmms-eval's usual
-letter instruction; replies are read with the same priority rule as VideoMME.
+letter instruction; replies are read with the same priority rule as VideoMME. A row without
+options (an open-ended question, manifest schema 2) is prompted with the question alone, as
+training prompts it, and only a judge can score it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def load(data: Path, prompt: PromptConfig | None = None, check_media: bool = Tru
             video=video,
             prompt=build_prompt(s.question, s.options, prompt),
             answer=s.answer,
+            format="mc" if s.options else "open_ended",
             question=s.question,
             options=list(s.options),
             categories={"chain": chain_label(s),
@@ -52,6 +55,9 @@ def load(data: Path, prompt: PromptConfig | None = None, check_media: bool = Tru
 
 
 def build_prompt(question: str, options: list[str], prompt: PromptConfig) -> str:
+    if not options:  # open-ended: the question as training wrote it (format_question)
+        post = f"\n{prompt.post_prompt}" if prompt.post_prompt else ""
+        return f"{prompt.pre_prompt or ''}{question}{post}"
     lines = "\n".join(f"{LETTERS[k]}. {o}" for k, o in enumerate(options))
     post = POST_PROMPT if prompt.post_prompt is None else prompt.post_prompt
     return f"{prompt.pre_prompt or ''}{question}\n{lines}\n{post}"

@@ -15,8 +15,11 @@ relative to ``DIR`` and never climb out of it (``resolve_media`` refuses that), 
 input videos outside ``DIR`` are linked in rather than referenced with ``..``.
 
 Resume rule: a row is done when the input row already had a thought video, or its output
-exists and is either in the done-log with the same size or decodes. Videos are written atomically, so a killed run loses at most the batch in
-flight; the manifest and stats are written once at the end.
+exists and is either in the done-log with the same size or decodes. Videos are written
+atomically, so a killed run loses at most the batch in flight (a resume removes the
+temporaries it left); the manifest and stats are written once at the end. The done-log also
+keeps each video's generation seconds, so the cost figures of a resumed run count every
+video written, whichever invocation wrote it.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from stormvl.data.manifest import (
 )
 from stormvl.data.video import decode_frames, probe, write_video
 from stormvl.errors import ManifestError, UserError, VideoError
-from stormvl.io import read_json, write_json_atomic, write_text_atomic
+from stormvl.io import read_json, remove_stale_temps, write_json_atomic, write_text_atomic, writing
 from stormvl.thoughts.base import Generator, InputClip, check_video
 
 Log = Callable[[str], None]
@@ -67,7 +70,9 @@ class RunStats:
     resumed: int = 0  # found already written and decodable in DIR
     existing: int = 0  # the input row already had a thought video
     skipped: list[dict[str, str]] = field(default_factory=list)  # [{"id", "reason"}]
-    seconds: list[float] = field(default_factory=list)  # per generated video
+    # generation seconds of each video made by this run, in input order: this invocation's and
+    # (from the done-log) those of the invocations it resumed
+    seconds: list[float] = field(default_factory=list)
     gpu: dict[str, Any] = field(default_factory=dict)
     wall_seconds: float = 0.0
 
@@ -136,10 +141,11 @@ def place(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copy2(src, tmp)
+        with writing(dst):
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copy2(src, tmp)
         os.replace(tmp, dst)
     finally:
         if tmp.exists():
@@ -213,6 +219,7 @@ class _Job:
             done_log.unlink()
         self.logged = {r["id"]: r for r in read_jsonl_tolerant(done_log)}
         self.appender = JsonlAppender(done_log)
+        self.cost: dict[str, float] = {}  # id -> generation seconds (this or a logged run)
 
     def skip(self, sample: Sample, reason: object) -> None:
         self.stats.skipped.append({"id": sample.id, "reason": str(reason)})
@@ -241,6 +248,8 @@ class _Job:
         elif target.is_file() and (self._logged(s.id, target) or decodes(target)):
             row.thought = f"thoughts/{target.name}"
             self.stats.resumed += 1
+            if self._logged(s.id, target) and self.logged[s.id].get("seconds") is not None:
+                self.cost[s.id] = float(self.logged[s.id]["seconds"])
         return row
 
     def _logged(self, sample_id: str, target: Path) -> bool:
@@ -272,11 +281,11 @@ class _Job:
             return
         per_video = (time.perf_counter() - t0) / len(ready)
         for (row, clip), frames in zip(ready, outs, strict=True):
-            self.write(row, clip, frames)
+            self.write(row, clip, frames, per_video)
             self.stats.generated += 1
-            self.stats.seconds.append(per_video)
+            self.cost[row.sample.id] = per_video
 
-    def write(self, row: _Row, clip: InputClip, frames: np.ndarray) -> None:
+    def write(self, row: _Row, clip: InputClip, frames: np.ndarray, seconds: float) -> None:
         frames = check_video(frames, f"{self.gen.name}({row.sample.id})")
         # H.264 4:2:0 needs even sizes: repeat the last row / column when odd.
         pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
@@ -284,8 +293,10 @@ class _Job:
             frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
         name = thought_name(row.sample.id)
         path = self.out / "thoughts" / name
-        write_video(path, frames, self.gen.output_fps(row.sample, clip), self.gen.config.lossless)
-        self.appender.write({"id": row.sample.id, "file": name, "bytes": path.stat().st_size})
+        with writing(path):
+            write_video(path, frames, self.gen.output_fps(row.sample, clip), self.gen.config.lossless)
+        self.appender.write({"id": row.sample.id, "file": name, "bytes": path.stat().st_size,
+                             "seconds": seconds})
         row.thought = f"thoughts/{name}"
 
 
@@ -325,6 +336,7 @@ def run_thoughts(
               "input": str(manifest)}
     _check_run_record(out, record, overwrite)
     done_log = out / man_name.replace("manifest", "done", 1)
+    _remove_stale_temps(out, rows, [man_name, stats_name, done_log.name, "run.json"])
     job = _Job(gen, manifest.parent, out, stats, done_log, overwrite, log or (lambda _msg: None))
     classified = [r for r in map(job.classify, rows) if r is not None]
     pending = [r for r in classified if r.thought is None]
@@ -338,11 +350,29 @@ def run_thoughts(
     by_id = {r.sample.id: r for r in classified if r.thought}
     result = [dataclasses.replace(s, video=by_id[s.id].out_video, thought_video=by_id[s.id].thought)
               for s in rows if s.id in by_id]
+    stats.seconds = [job.cost[i] for i in stats.ids if i in job.cost]
     stats.gpu = gen.memory_stats()
     stats.wall_seconds = time.perf_counter() - t0
     write_manifest(out / man_name, result)
     write_json_atomic(out / stats_name, stats.to_json())
     return stats
+
+
+def _remove_stale_temps(out: Path, rows: list[Sample], names: list[str]) -> None:
+    """Remove what killed writers of this run's files left (``.<name>.<pid>.tmp``): its
+    thought videos, linked input videos and records, not those of other shards in ``out``."""
+    remove_stale_temps(out, names)
+    thoughts = {thought_name(s.id) for s in rows}
+    thoughts |= {Path(thought_name(s.id)).with_suffix(Path(s.thought_video).suffix).name
+                 for s in rows if s.thought_video and Path(s.thought_video).suffix}
+    remove_stale_temps(out / "thoughts", thoughts)
+    linked: dict[Path, set[str]] = {}
+    for s in rows:
+        if not Path(s.video).is_absolute():
+            dst = out / "videos" / s.video
+            linked.setdefault(dst.parent, set()).add(dst.name)
+    for folder, files in linked.items():
+        remove_stale_temps(folder, files)
 
 
 _SHARD_RE = re.compile(r"manifest\.shard-(\d+)-of-(\d+)\.jsonl")

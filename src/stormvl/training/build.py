@@ -5,7 +5,6 @@ Kept apart from the loop so the loop reads top to bottom and these rules are tes
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,10 +87,8 @@ def _load(source: str, cfg: TrainConfig):
         bb.model.to(DTYPES[cfg.model.dtype])
         bb.video = video
         return bb
-    local = Path(source)
-    if local.is_dir() and not any(local.glob("*.safetensors")):
-        raise UserError(f"{source}: no *.safetensors weights; stormvl loads weights only from "
-                        "safetensors (pickled .bin files can run code)")
+    # load_backbone refuses pickle weights (check_checkpoint_folder): another safetensors
+    # file in the folder, such as a Stage-I projector, does not stand in for the model's
     return load_backbone(source, family=cfg.model.family, dtype=DTYPES[cfg.model.dtype],
                          video=video, trust_remote_code=cfg.model.trust_remote_code)
 
@@ -136,9 +133,12 @@ def _apply_lora(bb, cfg: TrainConfig, resume_from: Path | None):
     """Inject LoRA layers into ``bb.model`` in place (the adapter keeps its attribute paths)."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
+    from stormvl.backbones.checkpoint_files import check_weight_files
+
     stage1 = cfg.method.stage1_checkpoint if cfg.method.name == "storm" and cfg.method.stage == 2 else None
     start = resume_from or (Path(stage1) if stage1 else None)
     if start is not None:
+        check_weight_files(Path(start))  # adapter_model.safetensors, never a pickled .bin
         return PeftModel.from_pretrained(bb.model, str(start), is_trainable=True)
     lc = cfg.model.lora
     conf = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
@@ -168,18 +168,13 @@ def _save_model(built: Built, path: Path, meta: dict, state_dict: dict | None) -
     if built.peft_model is None and state_dict is None:
         bb.save(path, meta)
         return
-    from stormvl import __version__
-
     path.mkdir(parents=True, exist_ok=True)
     if built.peft_model is None:
         bb.model.save_pretrained(str(path), state_dict=state_dict, safe_serialization=True)
     else:  # peft keys its own state dict under base_model.model.
         sd = None if state_dict is None else {f"base_model.model.{k}": v for k, v in state_dict.items()}
         built.peft_model.save_pretrained(str(path), state_dict=sd, safe_serialization=True)
-    bb.tokenizer.save_pretrained(str(path))
-    full = {"stormvl_version": __version__, "backbone": bb.family, "video": bb.video.to_dict(),
-            "max_latents": bb.max_latents, **meta}
-    (path / "stormvl.json").write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+    bb.save_extras(path, meta)
 
 
 def export_merged(checkpoint: str | Path, out: str | Path) -> Path:
@@ -193,6 +188,7 @@ def export_merged(checkpoint: str | Path, out: str | Path) -> Path:
     """
     from peft import PeftModel
 
+    from stormvl.backbones.checkpoint_files import check_weight_files
     from stormvl.config import from_dict
 
     checkpoint = Path(checkpoint)
@@ -200,6 +196,7 @@ def export_merged(checkpoint: str | Path, out: str | Path) -> Path:
     if not (checkpoint / "adapter_config.json").is_file():
         raise UserError(f"{checkpoint}: no adapter_config.json; only LoRA checkpoints need export "
                         "(full checkpoints already load with from_pretrained)")
+    check_weight_files(checkpoint)
     cfg = from_dict(TrainConfig, meta["config"], f"{checkpoint}/stormvl.json config")
     bb = _load(cfg.model.backbone, cfg)
     merged = PeftModel.from_pretrained(bb.model, str(checkpoint)).merge_and_unload()
@@ -207,38 +204,7 @@ def export_merged(checkpoint: str | Path, out: str | Path) -> Path:
     keep = {k: v for k, v in meta.items() if k not in ("stormvl_version", "backbone", "video", "max_latents")}
     keep["lora"] = False
     keep["exported_from"] = str(checkpoint)
-    path = bb.save(Path(out), keep)
-    copy_processor_files(cfg.model.backbone, path)
-    return path
-
-
-PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json",
-                   "processor_config.json", "chat_template.json", "chat_template.jinja")
-
-
-def copy_processor_files(base: str, out: Path) -> list[str]:
-    """Copy the base model's processor settings and chat template next to exported weights.
-
-    Local folders are read directly; hub ids only from the local HF cache (no download).
-    Returns the names copied (none for the tiny backbones, which have no processor files).
-    """
-    import shutil
-
-    copied = []
-    for name in PROCESSOR_FILES:
-        src = Path(base) / name
-        if not src.is_file() and not parse_tiny(base):
-            try:
-                from huggingface_hub import try_to_load_from_cache
-
-                hit = try_to_load_from_cache(base, name)
-                src = Path(hit) if isinstance(hit, str) else src
-            except Exception:  # not a hub id, or no cache: nothing to copy
-                pass
-        if src.is_file() and not (out / name).exists():
-            shutil.copy(src, out / name)
-            copied.append(name)
-    return copied
+    return bb.save(Path(out), keep)  # processor files from the run's own settings
 
 
 def same_base(meta: dict, checkpoint: str | Path, backbone: str) -> bool:
@@ -252,10 +218,12 @@ def same_base(meta: dict, checkpoint: str | Path, backbone: str) -> bool:
         (Path(checkpoint) / rel).resolve() == Path(backbone).resolve()
 
 
-def run_meta(cfg: TrainConfig, step: int, checkpoint: Path | None = None) -> dict:
+def run_meta(cfg: TrainConfig, step: int, checkpoint: Path | None = None,
+             prompt: dict | None = None) -> dict:
     """What stormvl.json records about the run beside the backbone's own fields.
 
     ``checkpoint``: where it is saved; a local base is then also recorded relative to it.
+    ``prompt``: the layout (``data.prompt``) with, for ``bare``, the question it leaves out.
     """
     base = Path(cfg.model.backbone)
     rel = os.path.relpath(base.resolve(), Path(checkpoint).resolve()) if checkpoint and base.is_dir() else None
@@ -270,5 +238,6 @@ def run_meta(cfg: TrainConfig, step: int, checkpoint: Path | None = None) -> dic
         "lora": cfg.model.lora.enabled,
         "step": step,
         "video_config": to_dict(cfg.video),
+        "prompt": prompt or {"layout": cfg.data.prompt},
         "config": to_dict(cfg),
     }

@@ -132,12 +132,41 @@ def write_trainer_state(path: Path, state: TrainerState, optimizer: dict, schedu
     )
 
 
+def _load_state(f: Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a resume-state file, its failures as one line.
+
+    Raises:
+        UserError: the file holds pickled objects beyond tensors and plain data (refused
+            unread: unpickling can run code), or is truncated / corrupt.
+    """
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says it
+            warnings.simplefilter("ignore")
+            state = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever the bytes are, the file is unusable
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if isinstance(exc, pickle.UnpicklingError) and code:
+            why = (f"it names Python code ({code.group(1)}), which stormvl never unpickles "
+                   "(weights_only)")
+        else:
+            why = "truncated, corrupt or not a torch state file"
+    else:
+        if isinstance(state, dict):
+            return state
+        why = f"holds a {type(state).__name__}, not a stormvl state"
+    raise UserError(f"{f}: {why}; delete the folder {f.parent} to resume from the checkpoint "
+                    "before it")
+
+
 def read_trainer_state(path: Path) -> dict[str, Any]:
     """Load ``trainer_state.pt`` with ``weights_only=True`` (no pickled code runs)."""
     f = Path(path) / TRAINER_STATE
     if not f.is_file():
         raise UserError(f"{path}: not a stormvl training checkpoint (no {TRAINER_STATE})")
-    return torch.load(f, map_location="cpu", weights_only=True)
+    return _load_state(f)
 
 
 def write_rng(path: Path, rank: int) -> None:
@@ -146,7 +175,7 @@ def write_rng(path: Path, rank: int) -> None:
 
 def read_rng(path: Path, rank: int) -> dict[str, Any] | None:
     f = Path(path) / f"rng_rank{rank}.pt"
-    return torch.load(f, map_location="cpu", weights_only=True) if f.is_file() else None
+    return _load_state(f) if f.is_file() else None
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

@@ -214,6 +214,13 @@ class DataConfig:
     # this many GB, so later epochs skip the tower (0 = run it every step). Not under FSDP.
     tower_cache_gb: float = 1.0
     max_bad_fraction: float = 0.05  # stop when more than this fraction of videos fail
+    # prompt layout: "chat" = the family's system turn, the question, the lettered options
+    # and the answer instruction (the layout benchmarks and released checkpoints use);
+    # "bare" = the user turn holds only the video(s), for a model trained from scratch on
+    # ONE question: every row must ask it with the same options, the checkpoint records
+    # them and evaluation refuses any other question. At the demo's size that constant text
+    # was ~85% of a direct step's tokens (126 of 144).
+    prompt: Literal["chat", "bare"] = "chat"
     # difficulty mixing: sampling weight per difficulty level (empty = natural frequencies)
     difficulty_weights: dict = field(default_factory=dict)
     # curriculum: list of {until_step: N, weights: {level: w}}; the first whose until_step

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset, Sampler
 
 from stormvl.data.clip_cache import ClipReader
 from stormvl.data.manifest import Sample, read_manifest, resolve_media
+from stormvl.data.video import window_frames
 from stormvl.errors import ConfigError, UserError
 from stormvl.training.config import DataConfig, VideoConfig
 from stormvl.training.importers import import_llamafactory, import_video_r1
@@ -69,17 +70,18 @@ def load_samples(cfg: DataConfig) -> tuple[list[Sample], Path, str]:
     return samples, root, f"{len(samples)} samples from {cfg.train}{note}"
 
 
-def plan_clips(videos: list[tuple[int, int, int]], video: VideoConfig, count: TokenCounter,
+def plan_clips(videos: list[tuple[int, int, int, int]], video: VideoConfig, count: TokenCounter,
                temporal_patch: int) -> list[VideoPlan]:
-    """Plans for one sample's videos ((height, width, wanted frames) each, input video first,
-    an oracle's thought video second) sharing the sample's visual-token budget.
+    """Plans for one sample's videos ((height, width, wanted frames, frames available) each,
+    input video first, an oracle's thought video second) sharing the sample's visual-token
+    budget; a clip with fewer frames than wanted is planned at the frames it has.
 
     Training and evaluation both call this, so a checkpoint is evaluated with exactly the
     frame counts and pixel bounds it was trained with.
     """
-    shares = split_budget(video.max_visual_tokens, [w for _, _, w in videos])
-    return [plan_video(h, w, want, video, count, temporal_patch, share)
-            for (h, w, want), share in zip(videos, shares, strict=True)]
+    shares = split_budget(video.max_visual_tokens, [w for _, _, w, _ in videos])
+    return [plan_video(h, w, want, video, count, temporal_patch, share, available)
+            for (h, w, want, available), share in zip(videos, shares, strict=True)]
 
 
 # --- items ---------------------------------------------------------------------------------
@@ -206,25 +208,26 @@ class VideoQADataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _clip(self, rel: str, sid: str, field_name: str, frames: int | None):
+    def _clip(self, rel: str, sid: str, field_name: str, frames: int | None, start=None, end=None):
         path = resolve_media(self.root, rel, f"sample {sid}: {field_name}")
         info = self.clips.probe(path, self.video.timeout_s)
-        want = frames if frames is not None else wanted_frames(self.video, info.num_frames, info.fps)
-        return path, info, want
+        avail = window_frames(info.num_frames, info.fps, start, end)
+        want = frames if frames is not None else wanted_frames(self.video, avail, info.fps)
+        return path, info, want, avail
 
     def load(self, i: int) -> Loaded:
         """Decode sample ``i``; raises VideoError / ManifestError on bad media."""
         s, v = self.samples[i], self.video
-        path, info, want = self._clip(s.video, s.id, "video", None)
-        videos = [(path, info, want)]
+        videos = [self._clip(s.video, s.id, "video", None, s.start, s.end)]
+        path = videos[0][0]
         if self.oracle_frames:
             if not s.thought_video:
                 raise UserError(f"sample {s.id}: the oracle method needs a thought_video")
             videos.append(self._clip(s.thought_video, s.id, "thought_video", self.oracle_frames))
-        plans = plan_clips([(inf.height, inf.width, w) for _, inf, w in videos], v, self.count,
+        plans = plan_clips([(inf.height, inf.width, w, a) for _, inf, w, a in videos], v, self.count,
                            self.temporal_patch)
         clips = []
-        for (p, _, _), plan in zip(videos, plans, strict=True):
+        for (p, *_), plan in zip(videos, plans, strict=True):
             clip = self.clips.read_clip(p, num_frames=plan.num_frames, start=s.start if p == path else None,
                              end=s.end if p == path else None, timeout_s=v.timeout_s)
             clips.append((clip, plan))

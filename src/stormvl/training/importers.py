@@ -8,10 +8,14 @@ Two public formats are read as they are written by their own tools:
 - Video-R1's schema: ``problem``, ``options`` ("A. ..."), ``process`` (``<think>`` rationale),
   ``solution`` (``<answer>X</answer>``), ``path``, ``problem_type``, ``data_type``.
 
-Only multiple-choice video questions become samples (the schema needs options and a letter);
-every other row is counted in ``ImportReport.skipped`` with its reason, never dropped
-silently. A malformed row (missing field, answer outside its options) is a ``ManifestError``
-naming the file, row and field.
+A video question with lettered options becomes a multiple-choice sample (its answer a
+letter); one without becomes an open-ended sample (manifest schema 2) whose answer is the
+reply's text, as LLaMA-Factory's own ``mllm_video_demo.json`` and Video-R1's numerical /
+OCR / free-form / regression rows are. Rows that are not one video question (no video, an
+image, several turns, an unknown Video-R1 problem type) are counted in
+``ImportReport.skipped`` with their reason, never dropped silently. A malformed row (missing
+field, answer outside its options, an empty answer) is a ``ManifestError`` naming the file,
+row and field.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stormvl.data.manifest import LETTERS, MAX_OPTIONS, Sample, parse_row
+from stormvl.data.manifest import LETTERS, MAX_OPTIONS, Sample, iter_jsonl, parse_row
 from stormvl.errors import ManifestError
-from stormvl.io import read_json
+from stormvl.io import read_json, read_text
 
 # "A. text", "(A) text", "A) text", "A: text" at the start of a line.
 _OPTION_LINE = re.compile(r"^\s*\(?([A-J])[.):]\s*(.+?)\s*$")
@@ -52,21 +56,14 @@ def read_records(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: data file not found")
-    text = path.read_text()
-    stripped = text.lstrip()
-    if stripped.startswith("["):
+    text = read_text(path, ManifestError)
+    if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ManifestError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     else:
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ManifestError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        rows = [row for _, row in iter_jsonl(path, "data file")]
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise ManifestError(f"{path}: row {i}: a record must be a JSON object")
@@ -93,12 +90,11 @@ def split_options(text: str) -> tuple[str, list[str]]:
     return question, options
 
 
-def parse_answer(text: str, options: list[str]) -> tuple[str | None, str | None]:
-    """(letter, rationale) from an assistant reply or a Video-R1 solution.
+def split_reply(text: str) -> tuple[str, str | None]:
+    """(answer text, rationale) of an assistant reply or a Video-R1 solution.
 
-    Accepts ``<think>..</think><answer>X</answer>``, a bare letter ("B", "(B)", "B. text"),
-    or the exact text of one option. The rationale is the ``<think>`` text, or what precedes
-    an ``<answer>`` tag.
+    The answer is the ``<answer>`` tag's text, else the reply without its ``<think>`` part;
+    the rationale is the ``<think>`` text, or what precedes an ``<answer>`` tag.
     """
     rationale = None
     think = _THINK_TAG.search(text)
@@ -108,6 +104,16 @@ def parse_answer(text: str, options: list[str]) -> tuple[str | None, str | None]
     elif tagged and text[: tagged.start()].strip():
         rationale = text[: tagged.start()].strip()
     answer = (tagged.group(1) if tagged else _THINK_TAG.sub("", text)).strip()
+    return answer, rationale
+
+
+def parse_answer(text: str, options: list[str]) -> tuple[str | None, str | None]:
+    """(letter, rationale) from an assistant reply or a Video-R1 solution.
+
+    Accepts ``<think>..</think><answer>X</answer>``, a bare letter ("B", "(B)", "B. text"),
+    or the exact text of one option (see ``split_reply`` for the rationale).
+    """
+    answer, rationale = split_reply(text)
     m = _BARE_LETTER.match(answer)
     if m and m.group(1) in LETTERS[: len(options)]:
         return m.group(1), rationale
@@ -194,18 +200,25 @@ def _llamafactory_row(rec: dict, i: int, spec: LlamaFactorySpec) -> tuple[dict |
         )
     if len(videos) != 1:
         return None, "more than one video"
-    question, options = split_options(prompt.replace("<video>", "").strip())
-    if len(options) < 2:
-        return None, "no lettered options (not multiple choice)"
-    letter, rationale = parse_answer(reply, options)
-    if letter is None:
-        raise ManifestError(f"{where}: assistant reply {reply[:60]!r} names no option")
+    text = prompt.replace("<video>", "").strip()
+    question, options = split_options(text)
+    if len(options) >= 2:
+        answer, rationale = parse_answer(reply, options)
+        if answer is None:
+            raise ManifestError(f"{where}: assistant reply {reply[:60]!r} names no option")
+    else:  # open-ended: the reply is the answer (its <think> part the rationale)
+        question, options = text, []
+        answer, rationale = split_reply(reply)
+        if not answer:
+            raise ManifestError(f"{where}: field '{t['content_tag']}': the assistant reply "
+                                "has no answer text")
     row = {
+        "schema": 1 if options else 2,
         "id": str(rec.get("id", f"{spec.file.stem}-{i}")),
         "video": videos[0],
         "question": question,
         "options": options[:MAX_OPTIONS],
-        "answer": letter,
+        "answer": answer,
         "rationale": rationale,
         "thought_video": rec.get("thought_video"),
     }
@@ -247,12 +260,41 @@ def import_llamafactory(
 
 # --- Video-R1 ------------------------------------------------------------------------------
 
+# Video-R1's answer types besides multiple choice (its GRPO reward scores each its own way:
+# numbers, word error rate, ROUGE, relative error); all are supervised as answer text here.
+VIDEO_R1_OPEN_TYPES = ("numerical", "OCR", "free-form", "regression")
+
+
+def _video_r1_answer(rec: dict, kind: str, where: str) -> tuple[list[str], str]:
+    """(options, answer) of a Video-R1 row: option texts and a letter, or (open types) no
+    options and the ``<answer>`` text."""
+    solution = str(rec["solution"])
+    if kind != "multiple choice":
+        answer, _ = split_reply(solution)
+        if not answer:
+            raise ManifestError(f"{where}: field 'solution' {solution!r} has no answer text")
+        return [], answer
+    if "options" not in rec:
+        raise ManifestError(f"{where}: missing field 'options'")
+    raw = rec["options"]
+    if not isinstance(raw, list) or not all(isinstance(o, str) for o in raw):
+        raise ManifestError(f"{where}: field 'options' must be a list of strings")
+    _, options = split_options("\n".join(raw))
+    if len(options) != len(raw):  # options given without letters
+        options = [o.strip() for o in raw]
+    letter, _ = parse_answer(solution, options)
+    if letter is None:
+        raise ManifestError(f"{where}: field 'solution' {solution!r} names no option")
+    return options, letter
+
 
 def import_video_r1(path: str | Path) -> ImportReport:
-    """Read Video-R1-style rows; only ``data_type == "video"`` multiple-choice rows convert.
+    """Read Video-R1-style rows; ``data_type == "video"`` rows of a known problem type convert.
 
-    ``process`` becomes the rationale (its ``<think>`` text), ``solution``'s ``<answer>``
-    letter the answer, ``path`` the video (relative to the data file's folder).
+    ``process`` becomes the rationale (its ``<think>`` text), ``path`` the video (relative
+    to the data file's folder). A multiple-choice row's answer is ``solution``'s
+    ``<answer>`` letter; a numerical / OCR / free-form / regression row is open-ended, its
+    answer the ``<answer>`` text and its ``problem_type`` kept in ``meta``.
     """
     path = Path(path)
     report = ImportReport()
@@ -261,36 +303,33 @@ def import_video_r1(path: str | Path) -> ImportReport:
         if rec.get("data_type", "video") != "video":
             report.skipped["not a video"] += 1
             continue
-        if rec.get("problem_type", "multiple choice") != "multiple choice":
-            report.skipped[f"problem_type {rec.get('problem_type')}"] += 1
+        kind = rec.get("problem_type", "multiple choice")
+        if kind != "multiple choice" and kind not in VIDEO_R1_OPEN_TYPES:
+            report.skipped[f"problem_type {kind}"] += 1
             continue
-        for key in ("problem", "options", "solution", "path"):
+        for key in ("problem", "solution", "path"):
             if key not in rec:
                 raise ManifestError(f"{where}: missing field '{key}'")
-        raw = rec["options"]
-        if not isinstance(raw, list) or not all(isinstance(o, str) for o in raw):
-            raise ManifestError(f"{where}: field 'options' must be a list of strings")
-        _, options = split_options("\n".join(raw))
-        if len(options) != len(raw):  # options given without letters
-            options = [o.strip() for o in raw]
-        letter, _ = parse_answer(str(rec["solution"]), options)
-        if letter is None:
-            raise ManifestError(f"{where}: field 'solution' {rec['solution']!r} names no option")
+        options, answer = _video_r1_answer(rec, kind, where)
         process = rec.get("process")
         rationale = None
         if isinstance(process, str):
             m = _THINK_TAG.search(process)
             rationale = (m.group(1) if m else process).strip() or None
         rel = str(rec["path"])
+        meta = {"problem_type": kind} if not options else {}
+        if rec.get("data_source"):
+            meta["data_source"] = rec["data_source"]
         row = {
+            "schema": 1 if options else 2,
             "id": str(rec.get("problem_id", i)),
             "video": rel[2:] if rel.startswith("./") else rel,
             "question": str(rec["problem"]).strip(),
             "options": options,
-            "answer": letter,
+            "answer": answer,
             "rationale": rationale,
             "thought_video": rec.get("thought_video"),
-            "meta": {"data_source": rec["data_source"]} if rec.get("data_source") else None,
+            "meta": meta or None,
         }
         report.samples.append(_to_sample(row, where))
     return report

@@ -39,7 +39,7 @@ from stormvl.backbones.tower_cache import TowerCache
 from stormvl.config import save_config
 from stormvl.data.clip_cache import ClipReader
 from stormvl.errors import UserError
-from stormvl.io import exclusive_folder
+from stormvl.io import CreatedHere, exclusive_folder, writing
 from stormvl.training import checkpoint as ckpt
 from stormvl.training import fsdp
 from stormvl.training.build import Built, build_model, run_meta, same_base, save_model
@@ -71,15 +71,30 @@ def rationale_sentences(text: str) -> list[str]:
 
 
 def target_text(method: str, sample, dropped: int | None = None) -> str:
-    """Supervised assistant text: the letter, or (textcot) the rationale then the letter.
+    """Supervised assistant text: the answer (a letter, or an open-ended question's answer
+    text), or (textcot) the rationale then the answer.
 
     ``dropped`` (latent curriculum): the rationale's sentences after the first ``dropped``
-    come before the answer, as textcot writes them; None or all dropped = the letter alone.
+    come before the answer, as textcot writes them; None or all dropped = the answer alone.
     """
     written = sample.rationale.strip() if method == "textcot" else None
     if written is None and dropped is not None:
         written = " ".join(rationale_sentences(sample.rationale or "")[dropped:])
-    return f"{written}\nThe answer is {sample.answer}." if written else sample.answer
+    if not written:
+        return sample.answer
+    end = "" if sample.answer.endswith((".", "!", "?")) else "."
+    return f"{written}\nThe answer is {sample.answer}{end}"
+
+
+def bare_question(samples, where: str) -> dict:
+    """The one question (and options) every sample asks, which ``data.prompt=bare`` leaves
+    out of the prompt; recorded in the checkpoint so evaluation can refuse other questions."""
+    asked = {(s.question, tuple(s.options or ())) for s in samples}
+    if len(asked) != 1:
+        raise UserError(f"{where}: data.prompt=bare needs every row to ask the same question "
+                        f"with the same options; these rows ask {len(asked)} different ones")
+    question, options = asked.pop()
+    return {"layout": "bare", "question": question, "options": list(options)}
 
 
 def make_prepare_media(bb) -> Callable[[Loaded], list]:
@@ -105,11 +120,13 @@ def make_prepare(bb, cfg: TrainConfig) -> Callable[[Loaded], object]:
 
     method, k = cfg.method.name, cfg.method.num_latents
     media = make_prepare_media(bb)
+    bare = cfg.data.prompt == "bare"  # video only: no system turn, no question text
 
     def prepare(x: Loaded):
         s = x.sample
         vids = x.media if x.media is not None else media(x)
-        return bb.encode(Prompt(videos=vids, text=format_question(s.question, s.options), k=k,
+        text = "" if bare else format_question(s.question, s.options)
+        return bb.encode(Prompt(videos=vids, text=text, k=k, system="" if bare else None,
                                 target=target_text(method, s, x.variant)))
 
     return prepare
@@ -192,6 +209,7 @@ class Run:
     target_parts: dict
     sharded: bool = False  # FSDP: parameters are shards, states are gathered to save
     log: MetricsLog | None = None
+    prompt: dict | None = None  # data.prompt=bare: the question it leaves out (bare_question)
 
 
 def _cache(cfg: TrainConfig) -> TargetCache:
@@ -284,7 +302,8 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
     out = Path(cfg.out_dir)
     last = ckpt.latest_checkpoint(out) if resume else None
     if resume and last is None:
-        raise UserError(f"--resume: no finished checkpoint under {out / 'checkpoints'}")
+        raise UserError(f"--resume: no finished checkpoint under {out / 'checkpoints'}; the same "
+                        "command without --resume starts the run from its beginning")
     if not resume and ckpt.list_checkpoints(out):
         raise UserError(f"{out} already holds checkpoints; pass --resume or choose another out_dir")
     if last is not None:
@@ -299,6 +318,7 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
         if not samples:
             why = "textcot" if cfg.method.name == "textcot" else "method.internalize_at"
             raise UserError(f"{cfg.data.train}: {why} needs samples with a rationale; none has one")
+    prompt = bare_question(samples, cfg.data.train) if cfg.data.prompt == "bare" else None
     if acc.is_main_process:
         print(summary)
     use_align = cfg.method.uses_align and cfg.align_weight > 0
@@ -343,7 +363,8 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
                              keep_decoded=cfg.data.cache_decoded,
                              keep_bytes=int(cfg.data.cache_decoded_gb * (1 << 30)),
                              clips=ClipReader(cfg.data.clip_cache), prepare_media=make_prepare_media(bb))
-    return Run(cfg, acc, built, module, optimizer, scheduler, state, samples, root, dataset, parts, sharded)
+    return Run(cfg, acc, built, module, optimizer, scheduler, state, samples, root, dataset, parts,
+               sharded, prompt=prompt)
 
 
 def _check_resume(cfg: TrainConfig, path: Path) -> None:
@@ -353,6 +374,10 @@ def _check_resume(cfg: TrainConfig, path: Path) -> None:
     if not same_base(meta, path, cfg.model.backbone):
         raise UserError(f"--resume from {path}: it was trained with model.backbone="
                         f"{meta.get('base')!r}, this config has {cfg.model.backbone!r}")
+    if (meta.get("prompt") or {}).get("layout", "chat") != cfg.data.prompt:
+        raise UserError(f"--resume from {path}: it was trained with data.prompt="
+                        f"{(meta.get('prompt') or {}).get('layout', 'chat')!r}, this config has "
+                        f"{cfg.data.prompt!r}")
     for key, name in (("method", "method.name"), ("stage", "method.stage"), ("k", "method.k"),
                       ("internalize_at", "method.internalize_at"), ("lora", "model.lora.enabled")):
         # (checkpoints from before a setting existed hold its default)
@@ -401,15 +426,17 @@ def save(run: Run) -> Path:
         optim_sd = run.optimizer.state_dict()
     if acc.is_main_process:
         ckpt.clear_partial(cfg.out_dir)
-        save_model(run.built, tmp, run_meta(cfg, step, final), model_sd)
-        if module.projector is not None:  # identity projectors save an empty file: "no map"
-            save_file({k: v.contiguous() for k, v in proj_sd.items()}, str(tmp / ckpt.PROJECTOR))
-        extra = {"target_parts": run.target_parts, "align_weight": float(module.align_weight),
-                 "optimizer_format": "fsdp" if run.sharded else "index"}
-        ckpt.write_trainer_state(tmp, run.state, optim_sd, run.scheduler, extra)
-        save_config(cfg, tmp / "config.yaml")
+        with writing(final, partial=tmp):  # a full disk: one error line, no half checkpoint
+            save_model(run.built, tmp, run_meta(cfg, step, final, run.prompt), model_sd)
+            if module.projector is not None:  # identity projectors save an empty file: "no map"
+                save_file({k: v.contiguous() for k, v in proj_sd.items()}, str(tmp / ckpt.PROJECTOR))
+            extra = {"target_parts": run.target_parts, "align_weight": float(module.align_weight),
+                     "optimizer_format": "fsdp" if run.sharded else "index"}
+            ckpt.write_trainer_state(tmp, run.state, optim_sd, run.scheduler, extra)
+            save_config(cfg, tmp / "config.yaml")
     acc.wait_for_everyone()
-    ckpt.write_rng(tmp, acc.process_index)
+    with writing(final, partial=tmp):
+        ckpt.write_rng(tmp, acc.process_index)
     acc.wait_for_everyone()
     if acc.is_main_process:
         os.replace(tmp, final)
@@ -544,8 +571,23 @@ def train(cfg: TrainConfig, resume: bool = False, on_step: Callable[[Run, dict],
     """
     # one writer per run folder (rank 0 takes the lock; other ranks write only their RNG state)
     rank0 = int(os.environ.get("RANK", "0")) == 0
+    created = CreatedHere(cfg.out_dir)
+    steps: list[int] = []  # optimizer steps this invocation finished
+
+    def count(run: Run, metrics: dict) -> None:
+        steps.append(run.state.step)
+        if on_step is not None:
+            on_step(run, metrics)
+
     with exclusive_folder(cfg.out_dir, "training") if rank0 else nullcontext():
-        return _train(cfg, resume, on_step)
+        try:
+            return _train(cfg, resume, count)
+        except UserError:
+            # bad input found before any step (manifest, config, first batch): take away the
+            # lock, config copy and empty logs, so no folder is left that looks like a run
+            if rank0 and not steps and not ckpt.list_checkpoints(cfg.out_dir):
+                created.remove()
+            raise
 
 
 def _train(cfg: TrainConfig, resume: bool, on_step) -> Path:
@@ -553,7 +595,8 @@ def _train(cfg: TrainConfig, resume: bool, on_step) -> Path:
     acc = run.acc
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     if acc.is_main_process:
-        save_config(cfg, Path(cfg.out_dir) / "config.yaml")
+        with writing(Path(cfg.out_dir) / "config.yaml"):
+            save_config(cfg, Path(cfg.out_dir) / "config.yaml")
     run.log = MetricsLog(cfg, acc.is_main_process, run.state.step)
     it, last_good = iter(make_loader(run)), None
     final = ckpt.latest_checkpoint(cfg.out_dir)  # a resumed run may have nothing left to do

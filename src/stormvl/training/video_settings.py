@@ -28,7 +28,7 @@ TokenCounter = Callable[[int, int, int, int], int]
 class VideoPlan:
     """What to decode and the pixel bound to preprocess it with."""
 
-    num_frames: int  # frames to decode (whole temporal groups)
+    num_frames: int  # frames to decode: whole temporal groups, or every frame of a short clip
     max_pixels: int  # pixel bound handed to the backbone's preprocessing
     tokens: int  # visual tokens this video will occupy
 
@@ -53,7 +53,7 @@ def backbone_counter(bb) -> TokenCounter:
 
 
 def wanted_frames(settings: VideoConfig, num_total: int, fps: float) -> int:
-    """Frames the settings ask for on a video of ``num_total`` frames at ``fps``."""
+    """Frames the settings ask for on a video (or window) of ``num_total`` frames at ``fps``."""
     if settings.num_frames is not None:
         return settings.num_frames
     count = max(1, int(num_total / (fps / settings.fps)))
@@ -68,6 +68,7 @@ def plan_video(
     count: TokenCounter,
     temporal_patch: int,
     budget: int | None = None,
+    available: int | None = None,
 ) -> VideoPlan:
     """Choose frame count and pixel bound for one video within ``budget`` visual tokens.
 
@@ -76,6 +77,9 @@ def plan_video(
         frames: frames wanted (``wanted_frames``); rounded up to whole temporal groups.
         count: the backbone's token counter.
         budget: visual tokens allowed (default ``settings.max_visual_tokens``).
+        available: frames the clip (or its window) has (``data.video.window_frames``); a
+            shorter clip is planned at all of its frames, which the sampler returns once each
+            and the backbone pads to its temporal patch. 0 or None = unknown.
 
     Returns:
         a plan with ``tokens <= budget``; the largest pixel bound that fits at the wanted
@@ -87,6 +91,8 @@ def plan_video(
     budget = settings.max_visual_tokens if budget is None else budget
     lo, hi = settings.min_pixels, settings.max_pixels
     frames = max(temporal_patch, -(-frames // temporal_patch) * temporal_patch)
+    if available:
+        frames = min(frames, available)
     if count(frames, height, width, hi) <= budget:
         return VideoPlan(frames, hi, count(frames, height, width, hi))
     if count(frames, height, width, lo) <= budget:
@@ -95,7 +101,7 @@ def plan_video(
             lo, hi = (mid, hi) if count(frames, height, width, mid) <= budget else (lo, mid)
         return VideoPlan(frames, lo, count(frames, height, width, lo))
     while frames > temporal_patch and count(frames, height, width, lo) > budget:
-        frames -= temporal_patch
+        frames = (frames - 1) // temporal_patch * temporal_patch  # drop one temporal group
     tokens = count(frames, height, width, lo)
     if tokens > budget:
         raise UserError(

@@ -1,0 +1,245 @@
+"""Load on ``stormvl serve``, measured side by side in one run on loopback.
+
+A server process (the app ``stormvl serve`` runs, on a random-init storm checkpoint with
+K = 8, saved through the trainer's save path) takes a fixed number of requests from 1, 4 and
+16 concurrent clients (httpx + asyncio); this process prints throughput and p50 / p95
+latency per level, and three ratios:
+
+  1. throughput at 16 concurrent / sequential (goal >= 3x);
+  2. served storm (K = 8) p50 - served direct (latent_steps = 0, same model) p50, over
+     K decode steps, at concurrency 1 (goal <= 1.1);
+  3. server overhead: p50 at concurrency 1 / the engine's own latency for the same request
+     (``Runner.prepare`` + ``Runner.run`` in this process, no HTTP) (goal <= 1.2).
+
+Ratio 2 alternates storm and direct requests, so a load change hits both alike. The server
+process's CPU time per request is printed beside each level: on a shared machine it is the
+steadier measure of the work batching saves.
+
+A random model stops at arbitrary tokens, so end-of-sequence is switched off in both
+processes: every reply runs to its budget, and every request costs the same.
+
+    PYTHONPATH=src python benchmarks/serve_load.py [--size tiny] [--requests 32] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+K = 8
+REPLY = 8  # tokens per reply
+LEVELS = (1, 4, 16)
+QUESTION = ("Where is the ball after the last swap?\nA. left\nB. middle\nC. right\n"
+            "Answer with the option's letter from the given choices directly.")
+
+
+def make_checkpoint(path: Path, size: str) -> Path:
+    from stormvl.backbones import VideoSettings
+    from stormvl.backbones.tiny import build_tiny
+    from stormvl.training.build import Built, run_meta, save_model
+    from stormvl.training.config import MethodConfig, TrainConfig, VideoConfig
+
+    bb = build_tiny("qwen2_5_vl", size, seed=0)
+    cfg = TrainConfig(method=MethodConfig(name="storm", k=K),
+                      video=VideoConfig(num_frames=8, max_pixels=64 * 64, max_visual_tokens=4096))
+    bb.video = VideoSettings(min_pixels=cfg.video.min_pixels, max_pixels=cfg.video.max_pixels)
+    save_model(Built(bb), path, run_meta(cfg, 0))
+    return path
+
+
+def make_videos(root: Path, n: int) -> None:
+    from stormvl.data.video import write_video
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        write_video(root / f"v{i}.mp4", rng.integers(0, 256, (16, 64, 64, 3), dtype=np.uint8),
+                    fps=4)
+
+
+def serve(ckpt: str, media: str, port: int, threads: int) -> None:
+    """The server process: ``stormvl serve``'s app, end-of-sequence off."""
+    import torch
+    import uvicorn
+
+    from stormvl.serve import ServeConfig
+    from stormvl.serve.app import build_app
+    from stormvl.serve.server import load_served
+
+    torch.set_num_threads(threads)
+    cfg = ServeConfig(port=port, media_root=media, max_batch=16, max_wait_ms=10, max_queue=256)
+
+    def load():
+        served = load_served(ckpt, "cpu", cfg)
+        served.runner.model.backbone.eos_ids = set()
+        return served
+
+    uvicorn.run(build_app(load, cfg), host="127.0.0.1", port=port, log_level="warning")
+
+
+def body(i: int, latent_steps: int | None = None) -> dict:
+    b = {"model": "storm", "max_tokens": REPLY, "messages": [{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": f"v{i % 16}.mp4"}},
+        {"type": "text", "text": QUESTION}]}]}
+    if latent_steps is not None:
+        b["latent_steps"] = latent_steps
+    return b
+
+
+async def load_level(url: str, n: int, concurrency: int):
+    """(wall seconds, per-request latencies, replies) for n requests at this concurrency."""
+    import httpx
+
+    sem = asyncio.Semaphore(concurrency)
+    lat: list[float] = []
+    replies: list[dict] = []
+
+    async def one(client, i):
+        async with sem:
+            t0 = time.perf_counter()
+            r = await client.post(f"{url}/v1/chat/completions", json=body(i))
+            lat.append(time.perf_counter() - t0)
+            r.raise_for_status()
+            replies.append(r.json())
+
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
+        await one(client, 0)  # warm-up, not counted
+        lat.clear()
+        replies.clear()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(client, i) for i in range(n)))
+        return time.perf_counter() - t0, lat, replies
+
+
+async def paired(url: str, n: int):
+    """Concurrency 1, storm and direct requests alternating (load drift hits both alike):
+    {"storm" | "direct": (latencies, replies)}."""
+    import httpx
+
+    out = {"storm": ([], []), "direct": ([], [])}
+    async with httpx.AsyncClient(timeout=600) as client:
+        for i in range(n + 1):
+            for steps, name in ((None, "storm"), (0, "direct")):
+                t0 = time.perf_counter()
+                r = await client.post(f"{url}/v1/chat/completions", json=body(i, steps))
+                r.raise_for_status()
+                if i:  # the first pair warms up
+                    out[name][0].append(time.perf_counter() - t0)
+                    out[name][1].append(r.json())
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q))
+
+
+def engine_latency(ckpt: str, media: Path, repeats: int) -> float:
+    """Median seconds of the same request through the runner alone (decode + generate)."""
+    from stormvl.evaluation import EvalSettings, Runner, load_model
+    from stormvl.tasks.base import EvalItem
+
+    runner = Runner(load_model(ckpt, "cpu"), EvalSettings(max_new_tokens=REPLY))
+    runner.model.backbone.eos_ids = set()
+    times = []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        p = runner.prepare(EvalItem(f"q{i}", "load", media / f"v{i % 16}.mp4", QUESTION, ""))
+        runner.run([p])
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="tiny", choices=["tiny", "small"])
+    ap.add_argument("--requests", type=int, default=32, help="requests per level")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
+    ap.add_argument("--serve", nargs=3, metavar=("CKPT", "MEDIA", "PORT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        return serve(args.serve[0], args.serve[1], int(args.serve[2]), args.threads)
+    import httpx
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        ckpt = make_checkpoint(root / "storm", args.size)
+        media = root / "media"
+        media.mkdir()
+        make_videos(media, 16)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        server = subprocess.Popen([sys.executable, __file__, "--threads", str(args.threads),
+                                   "--serve", str(ckpt), str(media), str(port)], env=env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 300
+            while True:
+                try:
+                    if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if server.poll() is not None or time.time() > deadline:
+                    raise SystemExit("the server did not start")
+                time.sleep(0.2)
+            results, cpu = {}, {}
+            for c in LEVELS:
+                c0 = cpu_seconds(server.pid)
+                results[c] = asyncio.run(load_level(url, args.requests, c))
+                cpu[c] = (cpu_seconds(server.pid) - c0) / (args.requests + 1)
+            pairs = asyncio.run(paired(url, args.requests))
+            own = engine_latency(str(ckpt), media, repeats=min(args.requests, 16))
+        finally:
+            server.terminate()
+            server.wait(60)
+
+    print(f"qwen2_5_vl/{args.size} storm K={K}, {REPLY}-token replies, 8 frames of 64x64, "
+          f"{args.requests} requests per level, {args.threads} torch thread(s) per process, "
+          f"CPU, loopback; --max-batch 16 --max-wait-ms 10")
+    print(f"{'concurrency':>11} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'mean batch':>10} "
+          f"{'server CPU ms/req':>17}")
+    for c, (wall, lat, replies) in results.items():
+        batch = statistics.mean(r["stormvl"]["batch_size"] for r in replies)
+        print(f"{c:>11} {args.requests / wall:8.2f} {pct(lat, 50) * 1000:8.1f} "
+              f"{pct(lat, 95) * 1000:8.1f} {batch:10.2f} {cpu[c] * 1000:17.1f}")
+    seq = args.requests / results[1][0]
+    top = args.requests / results[16][0]
+    p50_storm, p50_direct = pct(pairs["storm"][0], 50), pct(pairs["direct"][0], 50)
+    step = statistics.median(r["stormvl"]["latency_s"]["decode"] / r["usage"]["completion_tokens"]
+                             for r in pairs["direct"][1])
+    print(f"concurrency 1, alternating: storm p50 {p50_storm * 1000:.1f} ms, direct "
+          f"(latent_steps=0) p50 {p50_direct * 1000:.1f} ms; decode step {step * 1000:.2f} ms; "
+          f"engine alone (same storm request) {own * 1000:.1f} ms")
+    for name, (_, rs) in pairs.items():
+        split = {k: statistics.median(r["stormvl"]["latency_s"][k] for r in rs) * 1000
+                 for k in ("queue", "load", "prefill", "rollout", "decode", "total")}
+        print(f"{name} (alternating), server-side medians (ms): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in split.items()))
+    print(f"1. throughput 16 concurrent / sequential = {top / seq:.2f}x (goal >= 3x); server "
+          f"CPU per request sequential / 16 concurrent = {cpu[1] / cpu[16]:.2f}x")
+    print(f"2. (storm p50 - direct p50) / (K x decode step) = "
+          f"{(p50_storm - p50_direct) / (K * step):.2f} (goal <= 1.1)")
+    print(f"3. server p50 / engine alone = {p50_storm / own:.2f} (goal <= 1.2)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""The model side of the server: a request becomes a prepared ``Job`` (in the worker pool),
+and a batch of jobs becomes answers in one engine call (on the model thread).
+
+Both go through the evaluator's ``Runner`` (``stormvl eval`` and ``stormvl answer`` answer
+with it): frames planned as training planned them, the method's prompt layout, left-padded
+batches whose latent blocks line up, the latent engine's ``generate``. A request's own
+settings (K, frames, reply budget) make a shallow copy of the runner; the model, tokenizer
+and the tokenizer's lock are shared.
+
+Rows that finish early: the engine decodes a batch as one static batch; a row that has
+stopped is fed padding until every row has stopped or the longest budget in the batch is
+spent, then the loop ends. A stopped row so costs its share of each later batched step but
+never a step of its own; its reply is cut at its stop token and at its own ``max_tokens``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import secrets
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from stormvl.errors import UserError
+from stormvl.evaluation.runner import Prepared, Runner
+from stormvl.integrations.lmms_eval import truncate_at
+from stormvl.serve.media import LimitedClips, MediaLimits, shown_error, stage
+from stormvl.serve.schema import ApiError, ChatRequest, read_messages
+from stormvl.tasks.base import EvalItem
+from stormvl.training.config import VideoConfig
+
+log = logging.getLogger("stormvl.serve")
+
+
+@dataclass
+class Job:
+    """One request, decoded and tokenised, waiting for its engine call."""
+
+    id: str
+    prepared: Prepared
+    k: int  # latent steps
+    max_tokens: int
+    stop: list[str]
+    sampling: tuple[float, float] | None  # (temperature, top_p); None = greedy
+    seed: int | None
+
+    @property
+    def key(self) -> tuple:
+        """Jobs with one key can share an engine call (one K and one set of sampling
+        settings per call). A seeded sampled request runs alone: the engine draws all rows
+        from one generator, so batching it would tie its answer to its batch-mates."""
+        if self.sampling is None:
+            return (self.k, "greedy")
+        if self.seed is not None:
+            return ("alone", self.id)
+        return (self.k, *self.sampling)
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Prompt tokens, video placeholders included, the K latent slots not."""
+        return len(self.prepared.encoded.input_ids) - self.k
+
+
+@dataclass
+class Answer:
+    """One row of an engine call."""
+
+    text: str
+    finish_reason: str  # "stop" (stop token or string) | "length"
+    token_ids: list[int]  # the reply's tokens (before a stop string cut)
+    completion_tokens: int  # decode steps this row used, its stop token included
+    timings: dict[str, float]  # the engine call's prefill / rollout / decode seconds
+    batch_size: int
+
+
+class ServedModel:
+    """A loaded checkpoint behind the server, with the limits requests are checked against."""
+
+    def __init__(self, runner: Runner, name: str, limits: MediaLimits, max_tokens_cap: int):
+        if runner.model.oracle_frames:
+            raise UserError(f"{runner.model.path}: an oracle checkpoint needs each question's "
+                            "thought video; it cannot be served")
+        if runner.model.prompt.get("layout") == "bare":
+            raise UserError(f"{runner.model.path}: trained with data.prompt=bare, it answers "
+                            "one fixed question only; it cannot be served")
+        self.runner, self.name, self.limits = runner, name, limits
+        self.max_tokens_cap = max_tokens_cap
+        self.tokenizer = runner.model.backbone.tokenizer
+        self.clips = LimitedClips(limits)
+
+    @property
+    def max_latent_steps(self) -> int:
+        return self.runner.model.k
+
+    @property
+    def max_frames(self) -> int:
+        """Frames a request may ask for: the most its checkpoint was trained with."""
+        v = self.runner.model.video
+        return v.num_frames if v.num_frames is not None else v.max_frames
+
+    def describe(self) -> dict:
+        m, v = self.runner.model, self.runner.video
+        return {"method": m.method, "backbone": m.backbone.family,
+                "latent_steps": self.runner.gen["k"], "max_latent_steps": self.max_latent_steps,
+                "num_frames": v.num_frames, "fps": v.fps, "max_frames": self.max_frames,
+                "max_tokens": self.runner.gen["max_new_tokens"],
+                "max_tokens_cap": self.max_tokens_cap}
+
+    # ----- request -> job (worker pool) ---------------------------------------------------
+
+    def _video(self, req: ChatRequest) -> VideoConfig:
+        v = self.runner.video
+        if req.num_frames is not None and req.fps is not None:
+            raise ApiError(400, "num_frames / fps: give one, not both", "num_frames")
+        if req.num_frames is not None:
+            if req.num_frames > self.max_frames:
+                raise ApiError(400, f"num_frames: {req.num_frames} is above the {self.max_frames} "
+                               "frames this checkpoint was trained with", "num_frames")
+            v = replace(v, num_frames=req.num_frames, fps=None)
+        elif req.fps is not None:
+            v = replace(v, num_frames=None, fps=req.fps, max_frames=self.max_frames)
+        return replace(v, timeout_s=min(v.timeout_s, self.limits.timeout_s))
+
+    def _settings(self, req: ChatRequest) -> tuple[int, int, tuple[float, float] | None]:
+        k = self.max_latent_steps if req.latent_steps is None else req.latent_steps
+        if k > self.max_latent_steps:
+            raise ApiError(400, f"latent_steps: {k} is above this checkpoint's "
+                           f"{self.max_latent_steps} (its trained K)", "latent_steps")
+        if None not in (req.max_tokens, req.max_completion_tokens) and \
+                req.max_tokens != req.max_completion_tokens:
+            raise ApiError(400, "max_tokens / max_completion_tokens: give one", "max_tokens")
+        tokens = req.max_tokens or req.max_completion_tokens or self.runner.gen["max_new_tokens"]
+        if tokens > self.max_tokens_cap:
+            raise ApiError(400, f"max_tokens: {tokens} is above the server's cap of "
+                           f"{self.max_tokens_cap} (--max-tokens-cap)", "max_tokens")
+        sampling = None if not req.temperature else (req.temperature, req.top_p or 1.0)
+        return k, tokens, sampling
+
+    def prepare(self, req: ChatRequest, job_id: str) -> Job:
+        """Check a request, decode its video and tokenise its prompt (off the event loop).
+
+        Raises:
+            ApiError: 400 for anything wrong with the request or its media.
+        """
+        text, ref = read_messages(req, self.runner.model.backbone.default_system)
+        k, tokens, sampling = self._settings(req)
+        runner = copy.copy(self.runner)  # shares the model, tokenizer and encode lock
+        runner.video = self._video(req)
+        runner.gen = {**runner.gen, "k": k}
+        runner.clips = self.clips
+        with tempfile.TemporaryDirectory(prefix="stormvl-serve-") as tmp:
+            staged = stage(ref, self.limits, Path(tmp), req.frames_fps)
+            item = EvalItem(job_id, "serve", staged.path, text, "", frames_fps=staged.frames_fps)
+            try:
+                prepared = runner.prepare(item)
+            except (UserError, OSError) as exc:  # VideoError, truncated frames, budget
+                raise ApiError(400, f"{ref.param}: {shown_error(exc, staged)}", ref.param) from None
+        return Job(job_id, prepared, k, tokens, list(req.stop or []), sampling, req.seed)
+
+    # ----- jobs -> answers (model thread) -------------------------------------------------
+
+    def run(self, jobs: list[Job]) -> list[Answer | ApiError]:
+        """One engine call for jobs sharing a key; a failing batch is retried row by row, so
+        one bad row cannot cost the others their answers."""
+        try:
+            return self._run(jobs)
+        except Exception:
+            if len(jobs) > 1:
+                log.exception("engine call of %d rows failed; retrying row by row", len(jobs))
+                return [self.run([j])[0] for j in jobs]
+            log.exception("engine call failed for request %s", jobs[0].id)
+            return [ApiError(500, "the engine failed on this request", None, "server_error",
+                             "engine_error")]
+
+    def _run(self, jobs: list[Job]) -> list[Answer]:
+        first, bb = jobs[0], self.runner.model.backbone
+        runner = copy.copy(self.runner)
+        if first.sampling is not None:  # the runner draws from its own generator
+            seed = first.seed if first.seed is not None else secrets.randbits(63)
+            runner._torch_gen = torch.Generator(device=bb.device).manual_seed(seed)
+        temperature, top_p = first.sampling or (1.0, 1.0)
+        out = runner.run([j.prepared for j in jobs], max_new_tokens=max(j.max_tokens for j in jobs),
+                         do_sample=first.sampling is not None, temperature=temperature, top_p=top_p)
+        answers = []
+        for i, j in enumerate(jobs):
+            full, steps = out.token_ids[i], out.n_generated[i]
+            ids = full[: j.max_tokens]
+            # stopped by its stop token within its own budget (the engine counts that token)
+            eos = len(full) < steps <= j.max_tokens
+            text = out.texts[i] if len(ids) == len(full) else \
+                self.tokenizer.batch_decode([ids], skip_special_tokens=True)[0]
+            cut = truncate_at(text, j.stop)
+            answers.append(Answer(cut, "stop" if eos or len(cut) < len(text) else "length", ids,
+                                  min(steps, j.max_tokens), out.timings, len(jobs)))
+        return answers
