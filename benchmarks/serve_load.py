@@ -11,14 +11,18 @@ latency per level, and three ratios:
   3. server overhead: p50 at concurrency 1 / the engine's own latency for the same request
      (``Runner.prepare`` + ``Runner.run`` in this process, no HTTP) (goal <= 1.2).
 
-Ratio 2 alternates storm and direct requests, so a load change hits both alike. The server
-process's CPU time per request is printed beside each level: on a shared machine it is the
-steadier measure of the work batching saves.
+Ratios 2 and 3 take storm, direct and engine-alone requests in turn (twice as many rounds
+as requests per level), so a load change hits all three alike; beside ratio 2's p50
+difference, the median of the per-round differences (same video, next to each other in time)
+and the server's own rollout time, both steadier on a busy machine. Beside each level: the server process's CPU time per request (on a shared
+machine the steadier measure of the work batching saves), and the cores the server and the
+clients used (where other work holds the cores, the concurrent levels cannot use them).
 
 A random model stops at arbitrary tokens, so end-of-sequence is switched off in both
 processes: every reply runs to its budget, and every request costs the same.
 
     PYTHONPATH=src python benchmarks/serve_load.py [--size tiny] [--requests 32] [--threads 1]
+        [--max-wait-ms 10]
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ def make_videos(root: Path, n: int) -> None:
                     fps=4)
 
 
-def serve(ckpt: str, media: str, port: int, threads: int) -> None:
+def serve(ckpt: str, media: str, port: int, threads: int, max_wait_ms: float) -> None:
     """The server process: ``stormvl serve``'s app, end-of-sequence off."""
     import torch
     import uvicorn
@@ -76,7 +80,8 @@ def serve(ckpt: str, media: str, port: int, threads: int) -> None:
     from stormvl.serve.server import load_served
 
     torch.set_num_threads(threads)
-    cfg = ServeConfig(port=port, media_root=media, max_batch=16, max_wait_ms=10, max_queue=256)
+    cfg = ServeConfig(port=port, media_root=media, max_batch=16, max_wait_ms=max_wait_ms,
+                      max_queue=256)
 
     def load():
         served = load_served(ckpt, "cpu", cfg)
@@ -120,21 +125,25 @@ async def load_level(url: str, n: int, concurrency: int):
         return time.perf_counter() - t0, lat, replies
 
 
-async def paired(url: str, n: int):
-    """Concurrency 1, storm and direct requests alternating (load drift hits both alike):
-    {"storm" | "direct": (latencies, replies)}."""
+async def paired(url: str, n: int, runner, media: Path):
+    """Concurrency 1, in turn: a served storm request, a served direct one, and the same
+    storm request through the engine alone in this process (drift in the machine's load
+    hits all three alike): {"storm" | "direct": (latencies, replies), "engine": latencies}."""
     import httpx
 
-    out = {"storm": ([], []), "direct": ([], [])}
+    out = {"storm": ([], []), "direct": ([], []), "engine": []}
     async with httpx.AsyncClient(timeout=600) as client:
         for i in range(n + 1):
             for steps, name in ((None, "storm"), (0, "direct")):
                 t0 = time.perf_counter()
                 r = await client.post(f"{url}/v1/chat/completions", json=body(i, steps))
                 r.raise_for_status()
-                if i:  # the first pair warms up
+                if i:  # the first round warms up
                     out[name][0].append(time.perf_counter() - t0)
                     out[name][1].append(r.json())
+            t = engine_once(runner, media, i)
+            if i:
+                out["engine"].append(t)
     return out
 
 
@@ -148,20 +157,22 @@ def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
 
-def engine_latency(ckpt: str, media: Path, repeats: int) -> float:
-    """Median seconds of the same request through the runner alone (decode + generate)."""
+def engine_runner(ckpt: str):
+    """The checkpoint as ``stormvl eval`` loads it, in this process, end-of-sequence off."""
     from stormvl.evaluation import EvalSettings, Runner, load_model
-    from stormvl.tasks.base import EvalItem
 
     runner = Runner(load_model(ckpt, "cpu"), EvalSettings(max_new_tokens=REPLY))
     runner.model.backbone.eos_ids = set()
-    times = []
-    for i in range(repeats + 1):
-        t0 = time.perf_counter()
-        p = runner.prepare(EvalItem(f"q{i}", "load", media / f"v{i % 16}.mp4", QUESTION, ""))
-        runner.run([p])
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:])
+    return runner
+
+
+def engine_once(runner, media: Path, i: int) -> float:
+    """Seconds for request ``i`` through the runner alone (decode + generate, no HTTP)."""
+    from stormvl.tasks.base import EvalItem
+
+    t0 = time.perf_counter()
+    runner.run([runner.prepare(EvalItem(f"q{i}", "load", media / f"v{i % 16}.mp4", QUESTION, ""))])
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -169,10 +180,13 @@ def main() -> None:
     ap.add_argument("--size", default="tiny", choices=["tiny", "small"])
     ap.add_argument("--requests", type=int, default=32, help="requests per level")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
+    ap.add_argument("--max-wait-ms", type=float, default=10.0,
+                    help="the server's --max-wait-ms (its default: 10)")
     ap.add_argument("--serve", nargs=3, metavar=("CKPT", "MEDIA", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        return serve(args.serve[0], args.serve[1], int(args.serve[2]), args.threads)
+        return serve(args.serve[0], args.serve[1], int(args.serve[2]), args.threads,
+                     args.max_wait_ms)
     import httpx
     import torch
 
@@ -188,6 +202,7 @@ def main() -> None:
             port = s.getsockname()[1]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         server = subprocess.Popen([sys.executable, __file__, "--threads", str(args.threads),
+                                   "--max-wait-ms", str(args.max_wait_ms),
                                    "--serve", str(ckpt), str(media), str(port)], env=env)
         url = f"http://127.0.0.1:{port}"
         try:
@@ -201,43 +216,53 @@ def main() -> None:
                 if server.poll() is not None or time.time() > deadline:
                     raise SystemExit("the server did not start")
                 time.sleep(0.2)
-            results, cpu = {}, {}
+            results, cpu, cores = {}, {}, {}
             for c in LEVELS:
-                c0 = cpu_seconds(server.pid)
+                c0, w0, own0 = cpu_seconds(server.pid), time.perf_counter(), time.process_time()
                 results[c] = asyncio.run(load_level(url, args.requests, c))
-                cpu[c] = (cpu_seconds(server.pid) - c0) / (args.requests + 1)
-            pairs = asyncio.run(paired(url, args.requests))
-            own = engine_latency(str(ckpt), media, repeats=min(args.requests, 16))
+                used = cpu_seconds(server.pid) - c0
+                cpu[c] = used / (args.requests + 1)
+                cores[c] = (used + time.process_time() - own0) / (time.perf_counter() - w0)
+            runner = engine_runner(str(ckpt))
+            pairs = asyncio.run(paired(url, 2 * args.requests, runner, media))
+            own = statistics.median(pairs["engine"])
         finally:
             server.terminate()
             server.wait(60)
 
     print(f"qwen2_5_vl/{args.size} storm K={K}, {REPLY}-token replies, 8 frames of 64x64, "
           f"{args.requests} requests per level, {args.threads} torch thread(s) per process, "
-          f"CPU, loopback; --max-batch 16 --max-wait-ms 10")
+          f"CPU, loopback; --max-batch 16 --max-wait-ms {args.max_wait_ms:g}")
     print(f"{'concurrency':>11} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'mean batch':>10} "
-          f"{'server CPU ms/req':>17}")
+          f"{'server CPU ms/req':>17} {'cores used':>10}")
     for c, (wall, lat, replies) in results.items():
         batch = statistics.mean(r["stormvl"]["batch_size"] for r in replies)
         print(f"{c:>11} {args.requests / wall:8.2f} {pct(lat, 50) * 1000:8.1f} "
-              f"{pct(lat, 95) * 1000:8.1f} {batch:10.2f} {cpu[c] * 1000:17.1f}")
+              f"{pct(lat, 95) * 1000:8.1f} {batch:10.2f} {cpu[c] * 1000:17.1f} {cores[c]:10.2f}")
+    print(f"(cores used: server + client CPU seconds per wall second, of {os.cpu_count()} here)")
     seq = args.requests / results[1][0]
     top = args.requests / results[16][0]
     p50_storm, p50_direct = pct(pairs["storm"][0], 50), pct(pairs["direct"][0], 50)
     step = statistics.median(r["stormvl"]["latency_s"]["decode"] / r["usage"]["completion_tokens"]
                              for r in pairs["direct"][1])
-    print(f"concurrency 1, alternating: storm p50 {p50_storm * 1000:.1f} ms, direct "
+    print(f"concurrency 1, in turn: storm p50 {p50_storm * 1000:.1f} ms, direct "
           f"(latent_steps=0) p50 {p50_direct * 1000:.1f} ms; decode step {step * 1000:.2f} ms; "
-          f"engine alone (same storm request) {own * 1000:.1f} ms")
-    for name, (_, rs) in pairs.items():
+          f"engine alone (same storm request, in turn with them) p50 {own * 1000:.1f} ms")
+    for name in ("storm", "direct"):
+        rs = pairs[name][1]
         split = {k: statistics.median(r["stormvl"]["latency_s"][k] for r in rs) * 1000
                  for k in ("queue", "load", "prefill", "rollout", "decode", "total")}
-        print(f"{name} (alternating), server-side medians (ms): "
+        print(f"{name} (in turn), server-side medians (ms): "
               + ", ".join(f"{k} {v:.1f}" for k, v in split.items()))
     print(f"1. throughput 16 concurrent / sequential = {top / seq:.2f}x (goal >= 3x); server "
           f"CPU per request sequential / 16 concurrent = {cpu[1] / cpu[16]:.2f}x")
+    paired_diff = statistics.median(a - b for a, b in zip(pairs["storm"][0], pairs["direct"][0],
+                                                          strict=True))
+    rollout = statistics.median(r["stormvl"]["latency_s"]["rollout"] for r in pairs["storm"][1])
     print(f"2. (storm p50 - direct p50) / (K x decode step) = "
-          f"{(p50_storm - p50_direct) / (K * step):.2f} (goal <= 1.1)")
+          f"{(p50_storm - p50_direct) / (K * step):.2f} (goal <= 1.1); median of the paired "
+          f"differences / (K x decode step) = {paired_diff / (K * step):.2f}; server-side "
+          f"rollout / (K x decode step) = {rollout / (K * step):.2f}")
     print(f"3. server p50 / engine alone = {p50_storm / own:.2f} (goal <= 1.2)")
 
 

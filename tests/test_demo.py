@@ -431,6 +431,11 @@ def test_retrieval_rows_reach_the_results(demo_dir):
         assert r["n"] == res["diagnostics"][row]["0"]["n"] == saved["n"]
         assert r["latents"] == saved["rows"][row] and r["textcot"] == saved["rows"]["textcot"]
         assert r["random"]["probe"]["hit@1"] <= r["random"]["probe"]["hit@5"]
+        # the report's Figure-6 table shows the same numbers
+        cell = " / ".join(f"{100 * r['latents']['probe'][k]:.1f}" for k in ("hit@1", "hit@5", "mrr"))
+        line = next(x for x in (demo_dir / "report.md").read_text().splitlines()
+                    if x.startswith(f"| {row} | 0 | {r['n']} |"))
+        assert f"| {cell} |" in line
 
 
 def test_report_command_rebuilds(demo_dir, tmp_path):

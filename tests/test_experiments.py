@@ -43,16 +43,19 @@ def test_each_experiment_builds_valid_runs_at_full_and_test_size(name, tmp_path)
     assert EXPERIMENTS[name].seeds == 3 and EXPERIMENTS[name].name == name
 
 
-def test_the_shell_game_experiments_share_fulls_questions_and_vary_what_they_say(tmp_path):
-    full = PRESETS["full"]
-    for group in ("stages", "latents"):
+def test_the_shell_game_experiments_share_their_questions_and_vary_what_they_say(tmp_path):
+    base = PRESETS["quick"]  # the experiments' base: quick's recipe, sizes and data, 3 seeds
+    assert EXPERIMENTS["stages-curriculum"] == replace(base, name="stages-curriculum", seeds=3,
+                                                       minutes=None)
+    for group in ("stages", "latents", "thoughts"):
         for name in GROUPS[group]:
-            p = PRESETS["full"] if name == "full" else EXPERIMENTS[name]
-            assert {f: getattr(p, f) for f in DATA} == {f: getattr(full, f) for f in DATA}, name
-    changed = {name: sorted(f.name for f in fields(full) if f.name not in ("name", "seeds", "minutes",
+            p = EXPERIMENTS[name]
+            assert {f: getattr(p, f) for f in DATA} == {f: getattr(base, f) for f in DATA}, name
+    changed = {name: sorted(f.name for f in fields(base) if f.name not in ("name", "seeds", "minutes",
                                                                              "methods")
-                            and getattr(EXPERIMENTS[name], f.name) != getattr(full, f.name))
+                            and getattr(EXPERIMENTS[name], f.name) != getattr(base, f.name))
                for name in EXPERIMENTS}
+    assert changed["stages-curriculum"] == []
     assert changed["stages-curriculum-stage1"] == ["stage1_fraction"]
     assert changed["stages-textcot"] == ["internalize_at"]
     assert changed["stages-textcot-stage1"] == ["internalize_at", "stage1_fraction"]
@@ -61,9 +64,14 @@ def test_the_shell_game_experiments_share_fulls_questions_and_vary_what_they_say
                                                 "stage1_fraction"]
     for k in (2, 8, 16):
         assert changed[f"latents-k{k}"] == ["k"]
+    for s in ("weak", "strong"):
+        assert changed[f"thoughts-{s}"] == ["thought_degrade"]
+        assert EXPERIMENTS[f"thoughts-{s}"].methods == ("textcot", "storm")
     for name in GROUPS["breadth"]:
         family = name.removeprefix("breadth-")
-        assert changed[name] == ["families"] and EXPERIMENTS[name].families == (family,)
+        # other families ask varying questions: the chat prompt carries them
+        assert changed[name] == ["families", "prompt"] and EXPERIMENTS[name].families == (family,)
+        assert EXPERIMENTS[name].prompt == "chat"
         assert EXPERIMENTS[name].methods == METHODS  # textcot and the oracle: is it learnable?
     assert "shell_game" not in {f for n in GROUPS["breadth"] for f in EXPERIMENTS[n].families}
     # the paper's recipe: no rationale in storm's own training, from scratch or from textcot
@@ -194,3 +202,31 @@ def test_a_linked_textcot_run_starts_storm_and_counts_for_retrieval(tiny_runs, t
     assert weights[0].read_bytes() == weights[1].read_bytes()
     rows = _retrieval(only, {"test": root / "data" / "test"}, tmp_path, got, print)
     assert set(rows) == {("storm", 0)} and rows["storm", 0]["textcot"] is not None
+
+
+def test_degraded_thought_videos_differ_from_the_exact_ones_and_train_storm(tmp_path, capsys):
+    """thoughts-*: the demo's train split is redrawn through `degrade` (once: a second data
+    stage finds it done), and storm's Stage-I targets come from the corrupted videos."""
+    import numpy as np
+
+    from stormvl.data.manifest import read_manifest
+    from stormvl.data.video import decode_frames
+    from stormvl.demo.pipeline import make_data
+
+    preset = replace(at_test_size(EXPERIMENTS["thoughts-strong"]), n_train=6, n_val=2, n_test=2,
+                     methods=("storm",), latent_from_textcot=0, internalize_at=())
+    data = make_data(preset, tmp_path / "data", print)
+    assert data["train"] == tmp_path / "data" / "train-degraded"
+    clean = {s.id: s for s in read_manifest(tmp_path / "data" / "train" / "manifest.jsonl")}
+    bad = read_manifest(data["train"] / "manifest.jsonl")
+    assert [s.id for s in bad] == list(clean)
+    for s in bad:
+        a = decode_frames(tmp_path / "data" / "train" / clean[s.id].thought_video)[0]
+        b = decode_frames(data["train"] / s.thought_video)[0]
+        assert s.answer == clean[s.id].answer and s.video != s.thought_video
+        assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).mean() > 10
+    capsys.readouterr()
+    assert make_data(preset, tmp_path / "data", print) == data
+    assert "train-degraded (noise_sigma=64, shuffle_p=1, wrong_state_p=1): found done" in capsys.readouterr().out
+    runs, _ = train_all(preset, data["train"] / "manifest.jsonl", tmp_path / "runs", print)
+    assert [s for s, _ in runs["storm", 0]][-1] == preset.steps

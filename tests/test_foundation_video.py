@@ -123,6 +123,36 @@ def test_clip_cache_returns_what_a_fresh_read_does_and_decodes_once(tmp_path, mo
     assert cc.ClipReader().read_clip(video, num_frames=4).indices.tolist() == [1, 4, 7, 10]
 
 
+def test_a_read_after_its_probe_does_not_probe_the_file_again(tmp_path, monkeypatch):
+    import os
+
+    import stormvl.data.clip_cache as cc
+    import stormvl.data.video as vid
+
+    video = tmp_path / "a.mp4"
+    write_video(video, _frames(), fps=6, lossless=True)
+    fresh = read_clip(video, num_frames=4)
+    calls = []
+    real = vid.probe
+    counting = lambda *a, **k: calls.append(a[0]) or real(*a, **k)  # noqa: E731
+    monkeypatch.setattr(vid, "probe", counting)
+    monkeypatch.setattr(cc, "probe", counting)
+    reader = cc.ClipReader()
+    reader.probe(video)
+    got = reader.read_clip(video, num_frames=4)
+    assert calls == [video]  # the read used the probe it followed
+    np.testing.assert_array_equal(got.frames, fresh.frames)
+    np.testing.assert_array_equal(got.timestamps, fresh.timestamps)
+    reader.read_clip(video, num_frames=4)  # a second read has no probe left to reuse
+    assert len(calls) == 2
+    # a file rewritten after its probe is probed again
+    reader.probe(video)
+    write_video(video, _frames()[:6].copy(), fps=6, lossless=True)
+    os.utime(video, ns=(2, 2))
+    assert reader.read_clip(video, num_frames=4).indices.tolist() == [0, 2, 3, 5]
+    assert len(calls) == 4
+
+
 # --- short clips, rotation, variable frame rate -----------------------------------------------
 
 

@@ -304,6 +304,8 @@ BAD = [  # (body or raw bytes, status, the error's param, words in its message)
     (ask(n=2), 400, "n", "only n = 1"),
     (ask(logit_bias={"1": 5}), 400, "logit_bias", "unknown field"),
     (ask(temperature=3), 400, "temperature", "less than or equal to 2"),
+    (ask(frequency_penalty=0.5), 400, "frequency_penalty", "only 0 is supported"),
+    (ask(logprobs=True), 400, "logprobs", "logprobs are not returned"),
     ({**ask(), "model": "gpt-4o"}, 404, "model", "not served here"),
     ({**ask(), "messages": [{"role": "system", "content": "Talk like a pirate."},
                             *ask()["messages"]]}, 400, "messages[0]", "custom system prompt"),
@@ -391,11 +393,121 @@ def test_remote_video_when_fetching_is_on(ckpt, media, client):
         files.shutdown()
 
 
+def test_remote_fetch_has_a_deadline_on_the_whole_download(tmp_path):
+    """A server that trickles bytes (each read well within the read timeout) is cut off
+    by the deadline on the whole download."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from stormvl.serve.media import MediaLimits, _fetch
+    from stormvl.serve.schema import ApiError
+
+    class Trickle(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            try:
+                for _ in range(40):
+                    self.wfile.write(b"x" * 25)
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:  # the client gave up
+                pass
+
+        def log_message(self, *a):
+            pass
+
+    files = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ApiError, match=r"took over 0.5 s \(--decode-timeout-s\)"):
+            _fetch(f"http://127.0.0.1:{files.server_address[1]}/v.mp4",
+                   MediaLimits(allow_remote=True, timeout_s=0.5), "url", tmp_path / "v")
+        assert time.monotonic() - t0 < 3  # not the 4 s the whole trickle takes
+    finally:
+        files.shutdown()
+
+
 def test_a_default_system_prompt_is_accepted(client):
     sys_msg = {"role": "system", "content": "You are a helpful assistant."}
     body = {**ask(), "messages": [sys_msg, *ask()["messages"]]}
     assert reply(client.post("/v1/chat/completions", json=body)) == reply(
         client.post("/v1/chat/completions", json=ask()))
+
+
+def test_neutral_penalties_are_accepted(client):
+    body = ask(frequency_penalty=0, presence_penalty=0.0, logprobs=False)
+    assert reply(client.post("/v1/chat/completions", json=body)) == reply(
+        client.post("/v1/chat/completions", json=ask()))
+
+
+def test_multiple_choice_is_told_from_open_ended():
+    from stormvl.serve.engine import is_multiple_choice
+
+    assert is_multiple_choice(format_question(QUESTION, OPTIONS))
+    assert is_multiple_choice("Which one?\n(A) a cat\n(B) a dog\nAnswer with the letter.")
+    assert not is_multiple_choice(QUESTION)
+    assert not is_multiple_choice("Name the shape.\nA. is not an option list on its own")
+    assert not is_multiple_choice("Options:\nB. two\nC. three")  # not from A
+
+
+def test_default_budget_follows_the_question_kind(app, client):
+    """Without max_tokens a multiple-choice question gets the checkpoint's reply budget, an
+    open-ended one the open-ended budget (here capped by --max-tokens-cap 64)."""
+    from stormvl.serve.schema import ChatRequest
+
+    served = app.fastapi.state.serve.model
+    budgets = served.describe()["max_tokens"]
+    assert budgets == {"multiple_choice": 16, "open_ended": 256}
+    mc = served.prepare(ChatRequest.model_validate(ask()), "mc")
+    free = served.prepare(ChatRequest.model_validate(ask(text=QUESTION)), "free")
+    assert (mc.max_tokens, free.max_tokens) == (16, 64)
+    assert free.prepared.item.format == "open_ended" and mc.prepared.item.format == "mc"
+
+
+RATIONALE = "The square starts at the middle and then slides over to the left.\nThe answer is A."
+
+
+def _rationale_replies(run):
+    """Wrap the engine so that every row replies RATIONALE, as a rationale-writing checkpoint
+    (textcot) would; the reply's tokens are the tokenizer's own encoding of it."""
+    import dataclasses
+
+    from stormvl.serve.engine import split_reply
+
+    ids = run.__self__.tokenizer(RATIONALE, add_special_tokens=False)["input_ids"]
+    content, reasoning, at = split_reply(RATIONALE, True)
+
+    def fake(jobs):
+        return [dataclasses.replace(a, text=content, reasoning=reasoning, raw=RATIONALE,
+                                    content_at=at, token_ids=ids) for a in run(jobs)]
+    return fake
+
+
+def test_rationale_replies_answer_with_the_answer_and_reason_beside_it(ckpt, media):
+    """The message content is what ``stormvl answer`` prints for such a reply (the part after
+    "The answer is"), the rationale goes to ``reasoning_content``; streamed, the deltas of
+    each field join to the same two strings."""
+    from stormvl.evaluation.model import answer_part
+    from stormvl.serve.engine import split_reply
+
+    assert split_reply("B", True) == ("B", None, 0)  # nothing to split
+    assert split_reply(RATIONALE, False) == (RATIONALE, None, 0)  # a model without rationale
+    with TestClient(make_app(ckpt, media, wrap=_rationale_replies)) as c:
+        wait_ready(c)
+        msg = c.post("/v1/chat/completions", json=ask()).json()["choices"][0]["message"]
+        assert msg["content"] == answer_part(True, RATIONALE) == "A."
+        assert msg["reasoning_content"] == RATIONALE[: RATIONALE.rindex("A.")].rstrip()
+        r = c.post("/v1/chat/completions", json=ask(stream=True))
+        chunks = [json.loads(e[len("data: "):]) for e in r.text.split("\n\n")
+                  if e and e != "data: [DONE]"]
+        deltas = [ch["choices"][0]["delta"] for ch in chunks if ch["choices"]]
+        assert "".join(d.get("reasoning_content", "") for d in deltas) == msg["reasoning_content"]
+        assert "".join(d.get("content", "") for d in deltas) == "A."
+        assert sum("reasoning_content" in d for d in deltas) > 3  # token by token
+        fields = [k for d in deltas for k in ("reasoning_content", "content") if d.get(k)]
+        assert fields == sorted(fields, key=lambda k: k == "content")  # reasoning first
 
 
 def test_api_key_guards_everything_but_health(ckpt, media):
@@ -560,6 +672,13 @@ def test_openai_client_against_live_server(live, ckpt, media, capsys):
                  QUESTION, *[a for o in OPTIONS for a in ("--option", o)], "--device", "cpu"]) == 0
     assert done.choices[0].message.content + "\n" == capsys.readouterr().out
     assert done.usage.latent_steps == 2 and done.stormvl["latent_steps"] == 2
+    # an open-ended question (no options): the open-ended reply budget, as in ``answer``
+    assert main(["answer", "--model", str(ckpt), "--video", str(media / "v0.mp4"), "--question",
+                 QUESTION, "--device", "cpu"]) == 0
+    free = client.chat.completions.create(model="tinylatent",
+                                          messages=ask(text=QUESTION)["messages"])
+    assert free.choices[0].message.content + "\n" == capsys.readouterr().out
+    assert free.usage.completion_tokens > 16  # past the multiple-choice budget
     stream = client.chat.completions.create(model="tinylatent", messages=messages, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == \
         done.choices[0].message.content
@@ -571,7 +690,9 @@ def test_openai_client_against_live_server(live, ckpt, media, capsys):
 
 def test_lmms_eval_openai_compatible_model(live, media):
     """lmms-eval's own OpenAI-compatible model (``--model openai``, before 0.7
-    ``openai_compatible``) against the server, where lmms-eval is installed."""
+    ``openai_compatible``) against the server, where lmms-eval is installed (it also runs
+    from the unzipped lmms_eval-0.7.3 wheel on PYTHONPATH, with its pure-Python imports
+    loguru, python-dotenv, pytz, evaluate, datasets, dill, multiprocess, pandas, xxhash)."""
     import importlib
 
     pytest.importorskip("lmms_eval")

@@ -394,10 +394,22 @@ def demo(
 
 
 @app.command()
-def report(folder: Path = typer.Argument(..., help="a demo output folder with results.json")) -> None:
-    """Rebuild report.md / index.html / figures from a demo folder's results.json alone."""
+def report(
+    folder: Path = typer.Argument(..., help="a demo output folder with results.json; with "
+                                 "--experiment, the folder holding one demo folder per preset"),
+    experiment: str = typer.Option(None, help="join an experiment's folders into one table: "
+                                   "stages | latents | thoughts | breadth (docs/experiments.md)"),
+) -> None:
+    """Rebuild report.md / index.html / figures from a demo folder's results.json alone; or,
+    with --experiment, write FOLDER/<group>.{md,html,json,png} from its presets' folders."""
     from stormvl.report.demo_report import verdict, write_report
 
+    if experiment:
+        from stormvl.report.experiment_report import summary, write_experiment_report
+
+        print(summary(write_experiment_report(folder, experiment)))
+        print(f"page: {folder / (experiment + '.html')}  ({experiment}.md, {experiment}.json beside it)")
+        return
     path = folder / "results.json"
     if not path.is_file():
         raise UserError(f"{path}: not found (run `stormvl demo --out {folder}` first)")

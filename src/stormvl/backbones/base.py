@@ -8,7 +8,7 @@ the evaluator only use this interface (docs/engine.md).
 Why explicit positions on every call: transformers falls back to 1-D RoPE without an error
 when ``mm_token_type_ids`` are missing or when ``inputs_embeds`` come without
 ``position_ids``, and its cached ``rope_deltas`` is state left on the model that goes stale
-(REFERENCES.md section 3). ``run`` never lets the model infer a position.
+between calls. ``run`` never lets the model infer a position.
 """
 
 from __future__ import annotations
@@ -227,8 +227,8 @@ def use_linear_patch_embed(patch_embed) -> None:
     """Run the tower's Conv3d patch embedding as the equivalent matmul.
 
     kernel == stride == one patch, so the convolution is a linear map of each flattened
-    patch; on CPU the Conv3d path was the largest single cost of the tower (REFERENCES.md
-    section 6). Weights stay in the Conv3d parameter, so checkpoints are unchanged.
+    patch; on CPU the Conv3d path was the largest single cost of the tower in this
+    project's CPU profiles. Weights stay in the Conv3d parameter, so checkpoints are unchanged.
     """
     patch_embed.forward = types.MethodType(_linear_patch_embed, patch_embed)
 

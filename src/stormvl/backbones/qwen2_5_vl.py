@@ -7,7 +7,7 @@ float product such as 3 * 0.1 * 10 = 2.9999999999999996 lands below a whole numb
 are the merged-grid row / column, all offset by the block start, and text after a video
 continues at (largest id so far) + 1. transformers 5.23's ``get_rope_index`` instead
 advances text after a video by ``max(grid_h, grid_w) / merge``, so its text ids overlap the
-video's temporal ids (REFERENCES.md section 3); we never let the model compute positions.
+video's temporal ids; we never let the model compute positions.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Everything here is offline: the configs are written out below (random init, fp32) and the
 tokenizer is a byte-level BPE trained in milliseconds on a small built-in corpus, with the
 Qwen special and chat-template tokens at the front. Tests use ``size="tiny"``; the demo and
-the speed scripts use ``size="small"`` (the shape of REFERENCES.md section 6's pilot).
+the speed scripts use ``size="small"`` (the shape of the project's first pilot).
 """
 
 from __future__ import annotations

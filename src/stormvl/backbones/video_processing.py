@@ -1,7 +1,7 @@
 """Frames -> vision-tower inputs, re-implemented without torchvision.
 
 The Hugging Face Qwen video processors need torchvision, which cannot be installed beside the
-CPU torch wheel (REFERENCES.md section 3), so the pieces are rebuilt here from the processor's
+CPU torch wheel this project installs, so the pieces are rebuilt here from the processor's
 published steps and tested against the HF code that does run (smart resize, the PIL image
 processor's patch layout and normalisation):
 

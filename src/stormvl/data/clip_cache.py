@@ -35,6 +35,27 @@ class ClipReader:
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root else None
+        # the latest probes, by file identity: a read that follows its probe (every caller
+        # probes to plan the clip) does not open the file a second time to probe it again
+        self._probed: dict[tuple, VideoInfo] = {}
+
+    @staticmethod
+    def _identity(path: str | Path) -> tuple | None:
+        try:
+            st = Path(path).stat()
+        except OSError:
+            return None
+        return str(path), st.st_size, st.st_mtime_ns
+
+    def _remember(self, path: str | Path, info: VideoInfo) -> None:
+        key = self._identity(path)
+        if key is not None:
+            self._probed[key] = info
+            while len(self._probed) > 256:  # bounded: shared by a server's request threads
+                try:  # (no lock: the reader is pickled into DataLoader workers)
+                    self._probed.pop(next(iter(self._probed)), None)
+                except (RuntimeError, StopIteration):  # another thread changed it: next time
+                    break
 
     def _entry(self, path: str | Path, kind: str, args: list) -> Path | None:
         if self.root is None:
@@ -52,11 +73,14 @@ class ClipReader:
         entry = self._entry(path, "probe", [])
         got = _load(entry)
         if got is not None:
-            return VideoInfo(int(got["num_frames"]), float(got["fps"]), int(got["width"]),
+            info = VideoInfo(int(got["num_frames"]), float(got["fps"]), int(got["width"]),
                              int(got["height"]), bool(got["exact"]))
+            self._remember(path, info)
+            return info
         info = probe(path, timeout_s)
         _save(entry, num_frames=info.num_frames, fps=info.fps, width=info.width,
               height=info.height, exact=info.exact)
+        self._remember(path, info)
         return info
 
     def read_clip(self, path: str | Path, timeout_s: float | None = 60.0, **sampling) -> Clip:
@@ -66,7 +90,9 @@ class ClipReader:
         got = _load(entry)
         if got is not None:
             return Clip(got["frames"], got["indices"], got["timestamps"], float(got["fps"]))
-        clip = read_clip(path, timeout_s=timeout_s, **sampling)
+        key = self._identity(path)
+        info = self._probed.pop(key, None) if key is not None else None
+        clip = read_clip(path, timeout_s=timeout_s, info=info, **sampling)
         _save(entry, frames=clip.frames, indices=clip.indices, timestamps=clip.timestamps,
               fps=clip.fps)
         return clip

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from stormvl.errors import VideoError
 
@@ -214,6 +215,9 @@ def _decode(
         fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
         time_base = stream.time_base
         wanted = None if want is None else set(want.tolist())
+        # one converter for the whole clip: ``frame.to_ndarray(format=...)`` builds a new
+        # swscale context per frame, ~9x the cost of the conversion itself (same pixels)
+        rgb = VideoReformatter()
         i, origin = -1, None
         try:
             for i, frame in enumerate(container.decode(stream)):
@@ -222,7 +226,7 @@ def _decode(
                 if i == 0:
                     origin = frame.pts
                 if wanted is None or i in wanted:
-                    img = frame.to_ndarray(format="rgb24")
+                    img = rgb.reformat(frame, format="rgb24").to_ndarray()
                     turns = _quarter_turns(frame)
                     picked[i] = np.rot90(img, turns) if turns else img
                     pts[i] = frame.pts
@@ -272,9 +276,14 @@ def read_clip(
     end: float | None = None,
     max_frames: int | None = None,
     timeout_s: float | None = 60.0,
+    info: VideoInfo | None = None,
 ) -> Clip:
-    """Sample and decode a clip; timestamps are the presentation times of the frames used."""
-    info = probe(path, timeout_s)
+    """Sample and decode a clip; timestamps are the presentation times of the frames used.
+
+    ``info``: this file's ``probe``, when the caller has it (opening the file again costs
+    as much as decoding a few small frames).
+    """
+    info = info or probe(path, timeout_s)
     n = info.num_frames
     if n <= 0:  # unknown length: decode everything once and sample from memory
         frames, times, fps = _decode(path, None, timeout_s)

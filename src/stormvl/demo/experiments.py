@@ -1,47 +1,60 @@
 """The evidence beyond one family, and STORM's own ablations, as demo presets.
 
 Each experiment is one ``stormvl demo --preset NAME --out DIR`` (resumable like every demo);
+``stormvl report --experiment GROUP DIR...`` joins a group's folders into one table, and
 docs/experiments.md says what each runs, how long, and how to read it. Every preset is
-``full`` (the shell-game evidence run) with only what its experiment varies changed, 3
-seeds each, so the shell-game ones share ``full``'s data and seeds, question for question:
+``quick`` (``full``'s recipe at half the batch; on the shell game it separates the methods
+as ``full`` does, in minutes) at 3 seeds, with only what its experiment varies changed, so
+the shell-game ones share their data and seeds, question for question:
 
-- ``breadth-<family>``: all five methods on one other family that needs the whole video;
 - ``stages-*``: which of storm's stages does the work, and the recipe without rationales
   (STORM's own: Stage I = answer + alignment, Stage II = answer only), from scratch and
   from textcot's checkpoint; "Stage II only" is latent (answer-only K latents, storm's
   budget), "both" is storm;
-- ``latents-k<K>``: how many latent steps (K = 4 is ``full``'s latent and storm).
+- ``latents-k<K>``: how many latent steps (K = 4 is ``stages-curriculum``);
+- ``thoughts-<strength>``: storm's Stage I on ``degrade``d thought videos;
+- ``breadth-<family>``: all five methods on one other family that needs the whole video.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from stormvl.demo.presets import PRESETS, Preset
+from stormvl.demo.presets import METHODS, PRESETS, Preset
 
 SEEDS = 3  # the issue's least: paired gains with intervals over seeds
-FULL = replace(PRESETS["full"], seeds=SEEDS, minutes=None)  # no time goal: hours each
+# the curriculum recipe (full's) at quick's size: the base row of the shell-game tables, and
+# the folder whose textcot the others link in (docs/experiments.md)
+BASE = replace(PRESETS["quick"], name="stages-curriculum", seeds=SEEDS, minutes=None)
 
 # families whose answer needs the whole video (no single frame carries it, docs/synth.md),
 # each at its level: tracking through transfers, the order of flashes, extrapolating a hidden
 # path, a map built over a pan, a re-simulation without the block that was hit. The easy
-# level, as the shell game's; each preset's textcot and oracle say whether it is learnable
+# level, as the shell game's; each preset's textcot and oracle say whether it is learnable.
+# Their questions vary from clip to clip, so they keep the chat prompt (question and options
+# in the text), which bare leaves out
 BREADTH = {"containment": "easy", "event_order": "easy", "occluded_trajectory": "easy",
            "map_building": "easy", "counterfactual": "easy"}
 
 # the recipe with no rationale in latent's or storm's own training: from scratch the
 # bottleneck stopped every latent run from learning (docs/demo.md, finding 8), so it is off
 # there, as in STORM's model; from textcot's checkpoint it stays on, as in `full`
-SCRATCH = replace(FULL, latent_from_textcot=0, internalize_at=(), bottleneck=False)
-FROM_TEXTCOT = replace(FULL, internalize_at=())
+SCRATCH = replace(BASE, latent_from_textcot=0, internalize_at=(), bottleneck=False)
+FROM_TEXTCOT = replace(BASE, internalize_at=())
 STAGE1_ONLY = 1.0  # storm's whole budget in Stage I: no answer-only Stage II
 
+# storm's thought videos corrupted by the `degrade` generator (the paper's named limitation:
+# how much does Stage I need good thought videos?): the three corruptions at once, at two
+# strengths. Noise in pixel levels of 0..255; shuffle / wrong-state as probabilities
+DEGRADE = {
+    "weak": (("noise_sigma", 16.0), ("shuffle_p", 0.25), ("wrong_state_p", 0.25)),
+    "strong": (("noise_sigma", 64.0), ("shuffle_p", 1.0), ("wrong_state_p", 1.0)),
+}
+
 EXPERIMENTS: dict[str, Preset] = {
-    **{f"breadth-{f}": replace(FULL, name=f"breadth-{f}", families=(f,), difficulty=level)
-       for f, level in BREADTH.items()},
-    # the curriculum recipe (full's) with no Stage II; its Stage II only and both are full's
-    # latent and storm
-    "stages-curriculum-stage1": replace(FULL, name="stages-curriculum-stage1",
+    # the curriculum recipe: "both" is its storm, "Stage II only" its latent
+    "stages-curriculum": BASE,
+    "stages-curriculum-stage1": replace(BASE, name="stages-curriculum-stage1",
                                         stage1_fraction=STAGE1_ONLY, methods=("textcot", "storm")),
     "stages-scratch": replace(SCRATCH, name="stages-scratch", methods=("direct", "latent", "storm")),
     "stages-scratch-stage1": replace(SCRATCH, name="stages-scratch-stage1",
@@ -50,24 +63,32 @@ EXPERIMENTS: dict[str, Preset] = {
                               methods=("textcot", "latent", "storm")),
     "stages-textcot-stage1": replace(FROM_TEXTCOT, name="stages-textcot-stage1",
                                      stage1_fraction=STAGE1_ONLY, methods=("textcot", "storm")),
-    **{f"latents-k{k}": replace(FULL, name=f"latents-k{k}", k=k, methods=("textcot", "latent", "storm"))
+    **{f"latents-k{k}": replace(BASE, name=f"latents-k{k}", k=k, methods=("textcot", "latent", "storm"))
        for k in (2, 8, 16)},
+    **{f"thoughts-{s}": replace(BASE, name=f"thoughts-{s}", thought_degrade=spec,
+                                methods=("textcot", "storm"))
+       for s, spec in DEGRADE.items()},
+    **{f"breadth-{f}": replace(BASE, name=f"breadth-{f}", families=(f,), difficulty=level,
+                               prompt="chat", methods=METHODS)
+       for f, level in BREADTH.items()},
 }
 
-# what each experiment's table is made of: its presets, and `full` where it holds a row
+# what each experiment's table is made of, in its rows' order
 GROUPS: dict[str, tuple[str, ...]] = {
+    "stages": ("stages-curriculum", "stages-curriculum-stage1", "stages-scratch",
+               "stages-scratch-stage1", "stages-textcot", "stages-textcot-stage1"),
+    "latents": ("latents-k2", "stages-curriculum", "latents-k8", "latents-k16"),
+    "thoughts": ("stages-curriculum", "thoughts-weak", "thoughts-strong"),
     "breadth": tuple(f"breadth-{f}" for f in BREADTH),
-    "stages": ("full", "stages-curriculum-stage1", "stages-scratch", "stages-scratch-stage1",
-               "stages-textcot", "stages-textcot-stage1"),
-    "latents": ("latents-k2", "full", "latents-k8", "latents-k16"),
 }
 
 
 def at_test_size(preset: Preset) -> Preset:
     """``preset``'s recipe at the ``test`` preset's sizes (seconds: what CI runs of it).
 
-    Its family, level, methods, K, stage split and bottleneck stay; the textcot start and
-    the curriculum shrink to fit 6 steps (start at 3, one sentence dropped at step 1).
+    Its family, level, methods, K, stage split, prompt, thought corruption and bottleneck
+    stay; the textcot start and the curriculum shrink to fit 6 steps (start at 3, one
+    sentence dropped at step 1).
     """
     test = PRESETS["test"]
     sizes = {f: getattr(test, f) for f in (

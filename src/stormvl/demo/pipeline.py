@@ -6,6 +6,7 @@ where it stopped (training itself resumes from its last checkpoint).
 
     out/demo.json                  the preset (a re-run with another preset is refused)
     out/data/{train,val,test,ood}  the built-in suite (and out/data/ood-<shift>, OOD_SHIFTS)
+    out/data/train-degraded/       train with degraded thought videos (thought_degrade)
     out/runs/<method>/seed<s>/     training runs (storm: stage1/ and stage2/)
     out/eval/<method>/seed<s>/<split>/   predictions + results per split
     out/eval/thought_video_cost.json    the renderer's seconds per thought video (oracle's cost)
@@ -105,7 +106,36 @@ def make_data(preset: Preset, root: Path, log: Log) -> dict[str, Path]:
             raise UserError(f"{d}: {why}; use another --out (`stormvl report` still rebuilds "
                             "the report of an earlier demo)") from None
         dirs[name] = d
+    if preset.thought_degrade:
+        dirs["train"] = degraded_thoughts(dirs["train"], dict(preset.thought_degrade), log)
     return dirs
+
+
+def degraded_thoughts(train: Path, settings: dict, log: Log) -> Path:
+    """``train``'s rows with their exact thought videos redrawn through ``degrade`` (the
+    suite's renderer, then the corruptions, seeded per sample): storm's Stage-I targets
+    then come from these. The runner writes its manifest last, so a folder that has one is
+    finished; a killed run starts over (4,000 small renders: minutes)."""
+    from stormvl.thoughts import run_thoughts
+    from stormvl.thoughts.base import build_from_dict
+
+    out = train.parent / "train-degraded"
+    if (out / "manifest.jsonl").is_file():
+        log(f"[data] train-degraded ({_spec(settings)}): found done")
+        return out
+    log(f"[data] train-degraded: redrawing the thought videos ({_spec(settings)})")
+    gen = build_from_dict("degrade", {"inner": "procedural", **settings}, "preset thought_degrade")
+    gen.load()
+    stats = run_thoughts(train / "manifest.jsonl", out, gen, overwrite=True, progress=False,
+                         log=_silent)
+    if stats.skipped:
+        raise UserError(f"{out}: {len(stats.skipped)} thought videos could not be degraded "
+                        f"(see {out / 'stats.json'})")
+    return out
+
+
+def _spec(settings: dict) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in settings.items())
 
 
 # --- stage 2: training -------------------------------------------------------------------

@@ -71,6 +71,9 @@ class Preset:
     # then memorise even 32 clips); frozen, it is a fixed random feature extractor
     freeze_vision: bool = True
     target_encoder: str = "random_projection"  # storm targets: random_projection | backbone
+    # storm's training thought videos through the `degrade` generator with these settings
+    # ((DegradeConfig field, value) pairs); () = the suite's exact ones
+    thought_degrade: tuple[tuple[str, float], ...] = ()
     stage1_fraction: float = 0.5  # storm: share of the step budget in Stage I (1.0: no Stage II)
     # storm: Stage II's learning rate as a share of `lr`; at the full rate answer-only Stage II
     # undid Stage I in two seeds of five (finding 10)

@@ -1,8 +1,8 @@
 """Do the latents carry information? Pure metrics over collected latent states.
 
 Public latent-visual reasoning models were shown to produce nearly identical latents for
-every input and to answer the same when their latents were perturbed (REFERENCES.md
-section 2, the CapImagine critique). These functions measure exactly that:
+every input and to answer the same when their latents were perturbed (the CapImagine
+critique of latent visual reasoning). These functions measure exactly that:
 
 - ``diversity``: mean pairwise cosine of latent k across questions (1.0 = collapsed);
 - ``answer_change``: how often replacing / ablating latents changes the answer;

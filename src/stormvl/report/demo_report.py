@@ -351,6 +351,19 @@ def _diag_section(res: dict, figs: dict) -> Section:
         "time segment k from latent k; it says something only above the majority baseline.\n"
         "- *Own segment retrieved*: latent k, through storm's Stage-I projector, picks its own "
         "question's thought-video target k among a group of questions' (chance: 1 / group).")
+    ret_rows = _retrieval_rows(res)
+    if ret_rows:
+        s.blocks.append(Table(
+            ["method", "seed", "questions", "latents, direct", "latents, probe",
+             "textcot rationale, probe", "random, probe", "chance"], ret_rows,
+            id="retrieval", caption="Same-question thought-video retrieval, Hit@1 / Hit@5 / MRR "
+            "(%), as the paper's Figure 6"))
+        s.blocks.append(
+            "Each question's K vectors query the thought-video targets of every question; the "
+            "right key is its own. *direct*: the cosine as it is (storm through its Stage-I "
+            "projector: only an alignment makes it work); *probe*: a ridge map cross-fitted over "
+            "folds of questions, the same for every row. *textcot rationale*: the hidden states "
+            "of textcot's written chain pooled into K segments, the paper's text baseline.")
     if any("Stage I" in m for m in res["diagnostics"]):
         s.blocks.append("`storm (end of Stage I)`: the same interventions on storm's last Stage-I "
                         "checkpoint (latents aligned, before answer-only Stage II).")
@@ -363,6 +376,23 @@ def _diag_section(res: dict, figs: dict) -> Section:
             "(with its frame) or *other*. Right picks look like the true frame and say *own*; "
             "*other* or another frame is a failure.")))
     return s
+
+
+def _retrieval_rows(res: dict) -> list[list[str]]:
+    """One row per run with a Figure-6 retrieval (``diagnostics.retrieval``)."""
+    def three(x: dict | None, way: str | None = None) -> str:
+        x = x if not x or way is None else x[way]
+        return "-" if not x else " / ".join(_pct(x[k]) for k in ("hit@1", "hit@5", "mrr"))
+
+    rows = []
+    for m, per_seed in res["diagnostics"].items():
+        for seed, d in per_seed.items():
+            r = d.get("retrieval")
+            if r:
+                rows.append([m, seed, str(r["n"]), three(r["latents"], "direct"),
+                             three(r["latents"], "probe"), three(r.get("textcot"), "probe"),
+                             three(r["random"], "probe"), three(r["chance"])])
+    return rows
 
 
 def _cost_section(res: dict, figs: dict) -> Section:

@@ -250,10 +250,13 @@ def build_app(load: Callable[[], ServedModel], cfg: ServeConfig,
             chunks = _chunks(served, rid, res, usage if include else None, extra)
             return StreamingResponse(chunks, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
+        message = {"role": "assistant", "content": res.text}
+        if res.reasoning is not None:
+            message["reasoning_content"] = res.reasoning
         return {"id": rid, "object": "chat.completion", "created": int(time.time()),
                 "model": served.name, "choices": [{
-                    "index": 0, "message": {"role": "assistant", "content": res.text},
-                    "logprobs": None, "finish_reason": res.finish_reason}],
+                    "index": 0, "message": message, "logprobs": None,
+                    "finish_reason": res.finish_reason}],
                 "usage": usage, "stormvl": extra}
 
     async def _prepare(served: ServedModel, batcher: Batcher, req: ChatRequest, rid: str,
@@ -295,8 +298,9 @@ def build_app(load: Callable[[], ServedModel], cfg: ServeConfig,
 
 def _chunks(served: ServedModel, rid: str, res: Answer, usage: dict | None, extra: dict):
     """OpenAI's chunk sequence for a finished reply: the role, one delta per token (held
-    back while a token ends inside a multi-byte character), the finish reason, optional
-    usage, then ``[DONE]``."""
+    back while a token ends inside a multi-byte character; a rationale-writing model's
+    reasoning as ``reasoning_content`` deltas, then its answer as ``content``), the finish
+    reason, optional usage, then ``[DONE]``."""
     created = int(time.time())
 
     def event(choices: list, **more) -> str:
@@ -307,19 +311,29 @@ def _chunks(served: ServedModel, rid: str, res: Answer, usage: dict | None, extr
     def delta(d: dict, finish=None) -> list:
         return [{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}]
 
+    raw = res.raw
+    spans = [("content", res.content_at, res.content_at + len(res.text))]  # in raw
+    if res.reasoning is not None:
+        spans.insert(0, ("reasoning_content", 0, len(res.reasoning)))
+
+    def pieces(start: int, end: int):  # raw[start:end] as deltas, field by field
+        for name, a, b in spans:
+            lo, hi = max(start, a), min(end, b)
+            if lo < hi:
+                yield event(delta({name: raw[lo:hi]}))
+
     yield event(delta({"role": "assistant", "content": ""}))
     prefixes = served.tokenizer.batch_decode([res.token_ids[: i + 1] for i in
                                               range(len(res.token_ids))],
                                              skip_special_tokens=True)
-    sent = ""
+    sent = 0
     for p in prefixes:
-        p = p[: len(res.text)]
-        if p.endswith("\ufffd") or not res.text.startswith(p) or len(p) <= len(sent):
+        p = p[: len(raw)]
+        if p.endswith("\ufffd") or not raw.startswith(p) or len(p) <= sent:
             continue
-        yield event(delta({"content": p[len(sent):]}))
-        sent = p
-    if len(sent) < len(res.text):
-        yield event(delta({"content": res.text[len(sent):]}))
+        yield from pieces(sent, len(p))
+        sent = len(p)
+    yield from pieces(sent, len(raw))
     yield event(delta({}, res.finish_reason), stormvl=extra)
     if usage is not None:
         yield event([], usage=usage)

@@ -11,12 +11,19 @@ Rows that finish early: the engine decodes a batch as one static batch; a row th
 stopped is fed padding until every row has stopped or the longest budget in the batch is
 spent, then the loop ends. A stopped row so costs its share of each later batched step but
 never a step of its own; its reply is cut at its stop token and at its own ``max_tokens``.
+A row still running past its own ``max_tokens`` keeps being decoded (the engine has one
+budget per call) until the batch ends; the extra tokens are dropped.
+
+As ``stormvl answer``: a request without ``max_tokens`` gets the checkpoint's reply budget
+when its question carries lettered options, the open-ended budget otherwise; a model that
+writes ``rationale + "The answer is X."`` answers "X." with the rationale beside it.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import re
 import secrets
 import tempfile
 from dataclasses import dataclass, replace
@@ -25,6 +32,7 @@ from pathlib import Path
 import torch
 
 from stormvl.errors import UserError
+from stormvl.evaluation.model import answer_part
 from stormvl.evaluation.runner import Prepared, Runner
 from stormvl.integrations.lmms_eval import truncate_at
 from stormvl.serve.media import LimitedClips, MediaLimits, shown_error, stage
@@ -33,6 +41,30 @@ from stormvl.tasks.base import EvalItem
 from stormvl.training.config import VideoConfig
 
 log = logging.getLogger("stormvl.serve")
+# an option line of a multiple-choice question: "A. left", "(B) right", "C) up"
+_OPTION_LINE = re.compile(r"^\(?([A-J])[.)]\s+\S")
+
+
+def is_multiple_choice(text: str) -> bool:
+    """Whether a question carries lettered options (from "A" on, one per line), as the text
+    ``stormvl answer --option ...`` builds: such a question gets the short reply budget, any
+    other the open-ended one, as in ``answer``."""
+    letters = [m.group(1) for line in text.splitlines() if (m := _OPTION_LINE.match(line.strip()))]
+    return letters[:2] == ["A", "B"]
+
+
+def split_reply(raw: str, writes_rationale: bool) -> tuple[str, str | None, int]:
+    """(content, reasoning, where the content starts in ``raw``).
+
+    A model that writes ``rationale\\nThe answer is X.`` answers "X." (what ``stormvl
+    answer`` prints and ``stormvl eval`` scores, so a harness reading the content scores
+    what stormvl scores); the text before it is the reasoning (None when there is none).
+    """
+    content = answer_part(writes_rationale, raw)
+    if content == raw:
+        return raw, None, 0
+    start = raw.rfind(content)
+    return content, raw[:start].rstrip(), start
 
 
 @dataclass
@@ -68,7 +100,10 @@ class Job:
 class Answer:
     """One row of an engine call."""
 
-    text: str
+    text: str  # the message content
+    reasoning: str | None  # a rationale-writing model's reasoning (``reasoning_content``)
+    raw: str  # the whole reply (cut at a stop string): reasoning + content, as generated
+    content_at: int  # where ``text`` starts in ``raw``
     finish_reason: str  # "stop" (stop token or string) | "length"
     token_ids: list[int]  # the reply's tokens (before a stop string cut)
     completion_tokens: int  # decode steps this row used, its stop token included
@@ -106,7 +141,8 @@ class ServedModel:
         return {"method": m.method, "backbone": m.backbone.family,
                 "latent_steps": self.runner.gen["k"], "max_latent_steps": self.max_latent_steps,
                 "num_frames": v.num_frames, "fps": v.fps, "max_frames": self.max_frames,
-                "max_tokens": self.runner.gen["max_new_tokens"],
+                "max_tokens": {"multiple_choice": self.default_max_tokens(True),
+                               "open_ended": self.default_max_tokens(False)},
                 "max_tokens_cap": self.max_tokens_cap}
 
     # ----- request -> job (worker pool) ---------------------------------------------------
@@ -124,7 +160,7 @@ class ServedModel:
             v = replace(v, num_frames=None, fps=req.fps, max_frames=self.max_frames)
         return replace(v, timeout_s=min(v.timeout_s, self.limits.timeout_s))
 
-    def _settings(self, req: ChatRequest) -> tuple[int, int, tuple[float, float] | None]:
+    def _settings(self, req: ChatRequest, mc: bool) -> tuple[int, int, tuple[float, float] | None]:
         k = self.max_latent_steps if req.latent_steps is None else req.latent_steps
         if k > self.max_latent_steps:
             raise ApiError(400, f"latent_steps: {k} is above this checkpoint's "
@@ -132,12 +168,17 @@ class ServedModel:
         if None not in (req.max_tokens, req.max_completion_tokens) and \
                 req.max_tokens != req.max_completion_tokens:
             raise ApiError(400, "max_tokens / max_completion_tokens: give one", "max_tokens")
-        tokens = req.max_tokens or req.max_completion_tokens or self.runner.gen["max_new_tokens"]
+        tokens = req.max_tokens or req.max_completion_tokens
+        if tokens is None:  # the budget ``stormvl answer`` gives this kind of question
+            tokens = min(self.default_max_tokens(mc), self.max_tokens_cap)
         if tokens > self.max_tokens_cap:
             raise ApiError(400, f"max_tokens: {tokens} is above the server's cap of "
                            f"{self.max_tokens_cap} (--max-tokens-cap)", "max_tokens")
         sampling = None if not req.temperature else (req.temperature, req.top_p or 1.0)
         return k, tokens, sampling
+
+    def default_max_tokens(self, multiple_choice: bool) -> int:
+        return self.runner.gen["max_new_tokens" if multiple_choice else "free_form_max_new_tokens"]
 
     def prepare(self, req: ChatRequest, job_id: str) -> Job:
         """Check a request, decode its video and tokenise its prompt (off the event loop).
@@ -146,14 +187,16 @@ class ServedModel:
             ApiError: 400 for anything wrong with the request or its media.
         """
         text, ref = read_messages(req, self.runner.model.backbone.default_system)
-        k, tokens, sampling = self._settings(req)
+        mc = is_multiple_choice(text)
+        k, tokens, sampling = self._settings(req, mc)
         runner = copy.copy(self.runner)  # shares the model, tokenizer and encode lock
         runner.video = self._video(req)
         runner.gen = {**runner.gen, "k": k}
         runner.clips = self.clips
         with tempfile.TemporaryDirectory(prefix="stormvl-serve-") as tmp:
             staged = stage(ref, self.limits, Path(tmp), req.frames_fps)
-            item = EvalItem(job_id, "serve", staged.path, text, "", frames_fps=staged.frames_fps)
+            item = EvalItem(job_id, "serve", staged.path, text, "", frames_fps=staged.frames_fps,
+                            format="mc" if mc else "open_ended")
             try:
                 prepared = runner.prepare(item)
             except (UserError, OSError) as exc:  # VideoError, truncated frames, budget
@@ -185,6 +228,7 @@ class ServedModel:
         out = runner.run([j.prepared for j in jobs], max_new_tokens=max(j.max_tokens for j in jobs),
                          do_sample=first.sampling is not None, temperature=temperature, top_p=top_p)
         answers = []
+        writes = self.runner.model.writes_rationale
         for i, j in enumerate(jobs):
             full, steps = out.token_ids[i], out.n_generated[i]
             ids = full[: j.max_tokens]
@@ -192,7 +236,9 @@ class ServedModel:
             eos = len(full) < steps <= j.max_tokens
             text = out.texts[i] if len(ids) == len(full) else \
                 self.tokenizer.batch_decode([ids], skip_special_tokens=True)[0]
-            cut = truncate_at(text, j.stop)
-            answers.append(Answer(cut, "stop" if eos or len(cut) < len(text) else "length", ids,
+            raw = truncate_at(text, j.stop)
+            content, reasoning, at = split_reply(raw, writes)
+            answers.append(Answer(content, reasoning, raw, at,
+                                  "stop" if eos or len(raw) < len(text) else "length", ids,
                                   min(steps, j.max_tokens), out.timings, len(jobs)))
         return answers

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -102,8 +103,11 @@ def decode_data_url(url: str, param: str, kinds: tuple[str, ...]) -> tuple[str, 
 
 
 def _fetch(url: str, limits: MediaLimits, param: str, dest: Path) -> None:
+    """Download within the size limit and the deadline (httpx's timeout bounds each read; a
+    server that trickles bytes is stopped by the deadline on the whole download)."""
     import httpx
 
+    deadline = time.monotonic() + limits.timeout_s
     try:
         with httpx.stream("GET", url, timeout=limits.timeout_s, follow_redirects=True) as r:
             if r.status_code != 200:
@@ -115,6 +119,9 @@ def _fetch(url: str, limits: MediaLimits, param: str, dest: Path) -> None:
                     if got > limits.max_remote_bytes:
                         raise _bad(param, f"the remote video is over {limits.max_remote_bytes} "
                                    "bytes")
+                    if time.monotonic() > deadline:
+                        raise _bad(param, f"fetching the URL took over {limits.timeout_s:g} s "
+                                   "(--decode-timeout-s)")
                     f.write(chunk)
     except httpx.HTTPError as exc:
         raise _bad(param, f"cannot fetch the URL ({type(exc).__name__})") from None

@@ -1,8 +1,10 @@
 """The request schema (OpenAI's chat completions, plus stormvl's extra fields) and the
 OpenAI-style error every failure is returned as.
 
-Unknown fields are refused, not ignored: a client sending ``frequency_penalty`` or ``n = 3``
-would otherwise get an answer made under settings it did not ask for.
+Unknown fields are refused, not ignored: a client sending ``logit_bias`` or ``n = 3`` would
+otherwise get an answer made under settings it did not ask for. (``frequency_penalty`` /
+``presence_penalty`` 0 and ``logprobs`` false, which some clients always send, change nothing
+and are accepted.)
 """
 
 from __future__ import annotations
@@ -84,6 +86,10 @@ class ChatRequest(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # sent by some clients at their neutral values; accepted only there
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logprobs: bool | None = None
     # stormvl
     latent_steps: int | None = Field(None, ge=0)  # default: the checkpoint's K
     num_frames: int | None = Field(None, ge=1)  # uniform frames (default: the checkpoint's)
@@ -95,6 +101,20 @@ class ChatRequest(_Strict):
     def _one(cls, v: int) -> int:
         if v != 1:
             raise ValueError("only n = 1 is supported")
+        return v
+
+    @field_validator("frequency_penalty", "presence_penalty")
+    @classmethod
+    def _no_penalty(cls, v):
+        if v not in (None, 0):
+            raise ValueError("only 0 is supported (stormvl applies no penalties)")
+        return v
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, v):
+        if v:
+            raise ValueError("logprobs are not returned; send false or leave it out")
         return v
 
     @field_validator("stop")

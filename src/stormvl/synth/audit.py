@@ -12,7 +12,7 @@ If a baseline that cannot reason beats chance, the family leaks its answer. Base
 - ``shuffled``: all frames in a random order (4x4 each), same bilinear model: what the
   frames say without their order. Reported, not gated (counting legitimately works here).
 
-Acceptance (issue 2): prior and text within chance + 5 points, first and last within
+Acceptance: prior and text within chance + 5 points, first and last within
 chance + 10 points, per family.
 """
 

@@ -304,7 +304,7 @@ class TrainConfig:
         encoder = self.targets.encoder
         if self.method.name == "storm" and encoder == "backbone" and not self.model.freeze_vision:
             # Targets that move with the model teach nothing (pilot: collapse to one
-            # direction, REFERENCES.md section 6).
+            # direction, docs/training.md).
             out.append(
                 "targets.encoder=backbone needs model.freeze_vision=true "
                 "(a vision tower trained by the same loss gives collapsing targets)"

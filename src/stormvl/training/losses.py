@@ -43,7 +43,8 @@ def align_loss(
         kind: "cosine" = mean (1 - cos); "mse" on unit-normalised vectors (scale-free, since
             vision features and LM states differ in norm); "infonce" = for each (k, p) the
             matching sample must beat the other samples of the batch, which penalises latents
-            that are identical across inputs (the collapse REFERENCES.md section 2 warns of).
+            that are identical across inputs (the collapse reported for published
+            latent-visual reasoning models).
         mask: (B,) bool, samples that have a target; others are left out.
 
     Returns:

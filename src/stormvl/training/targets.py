@@ -1,6 +1,6 @@
 """Thought video -> K fixed target vectors for Stage-I alignment, with an on-disk cache.
 
-Why *fixed* encoders: in the project's pilot (REFERENCES.md section 6) aligning latents to the
+Why *fixed* encoders: in the project's first pilot, aligning latents to the
 model's own still-training vision tower collapsed both to one direction, while a fixed random
 projection of thought-video pixels gave the largest gain. So every encoder here is frozen:
 
@@ -12,7 +12,8 @@ projection of thought-video pixels gave the largest gain. So every encoder here 
 An encoder returns time-grouped features ``(T', N, D)`` (T' time groups of N spatial tokens);
 ``reduce_targets`` turns them into ``(K, P, D)``: K contiguous time segments (latent k
 "imagines" segment k), each mean-pooled (P = 1) or pooled into P spatial groups (``multi``,
-finer targets: over-pooled targets were blamed for collapsed latents, REFERENCES.md section 2).
+finer targets: over-pooled targets were blamed for collapsed latents in published
+latent-visual reasoning work).
 
 The cache key hashes the thought video's *bytes*, the encoder's *weights* and the reduction,
 and the stored file repeats those parts in its metadata, so a stale entry (video or weights
