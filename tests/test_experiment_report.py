@@ -56,6 +56,10 @@ def test_the_stage_table_pairs_across_folders_and_names_what_is_not_run(tmp_path
     assert cur["both_vs_stage2"]["per_seed"] == [30.0, 50.0, 20.0]
     assert cur["both_vs_stage1"]["per_seed"] == [20.0, 30.0, 10.0]
     assert res["table"]["rows"][1]["both"] is None  # stages-scratch not run
+    # a group not run names its rows all the same
+    assert main(["report", str(tmp_path), "--experiment", "thoughts"]) == 0
+    spec = [r["degrade"] for r in json.loads((tmp_path / "thoughts.json").read_text())["table"]["rows"]]
+    assert spec[0] == {} and spec[2] == {"noise_sigma": 64.0, "shuffle_p": 1.0, "wrong_state_p": 1.0}
     assert "Not run yet" in out and "stages-scratch" in out and "+53.3 [" in out
     page = (tmp_path / "stages.html").read_text()
     assert 'id="stages"' in page and "stages.png" in page and (tmp_path / "stages.png").is_file()

@@ -13,14 +13,15 @@ the shell-game ones share their data and seeds, question for question:
   budget), "both" is storm;
 - ``latents-k<K>``: how many latent steps (K = 4 is ``stages-curriculum``);
 - ``thoughts-<strength>``: storm's Stage I on ``degrade``d thought videos;
-- ``breadth-<family>``: all five methods on one other family that needs the whole video.
+- ``breadth-<family>``: direct, textcot, latent and storm on one other family that needs
+  the whole video.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from stormvl.demo.presets import METHODS, PRESETS, Preset
+from stormvl.demo.presets import PRESETS, Preset
 
 SEEDS = 3  # the issue's least: paired gains with intervals over seeds
 # the curriculum recipe (full's) at quick's size: the base row of the shell-game tables, and
@@ -28,13 +29,20 @@ SEEDS = 3  # the issue's least: paired gains with intervals over seeds
 BASE = replace(PRESETS["quick"], name="stages-curriculum", seeds=SEEDS, minutes=None)
 
 # families whose answer needs the whole video (no single frame carries it, docs/synth.md),
-# each at its level: tracking through transfers, the order of flashes, extrapolating a hidden
-# path, a map built over a pan, a re-simulation without the block that was hit. The easy
-# level, as the shell game's; each preset's textcot and oracle say whether it is learnable.
-# Their questions vary from clip to clip, so they keep the chat prompt (question and options
-# in the text), which bare leaves out
+# each at its level: tracking through transfers, the order of flashes, extrapolating a
+# hidden path, a map built over a pan, a re-simulation without the block that was hit. The
+# easy level, as the shell game's; each preset's textcot says whether it is learnable.
+# Canonical option order makes a letter name a place where the family has one
+# (containment's boxes left to right, the gates top to bottom, map_building's four
+# quadrants), as the shell game's cups; event_order's and counterfactual's answers are
+# colours, so there the model must match option text to the picture. Their options (and
+# most of their questions) vary from clip to clip, so they keep the chat prompt (question
+# and options in the text), which bare leaves out
 BREADTH = {"containment": "easy", "event_order": "easy", "occluded_trajectory": "easy",
            "map_building": "easy", "counterfactual": "easy"}
+# no oracle (the thought video as a second input): it costs as much as two other methods,
+# and textcot already says whether a family is learnable
+BREADTH_METHODS = ("direct", "textcot", "latent", "storm")
 
 # the recipe with no rationale in latent's or storm's own training: from scratch the
 # bottleneck stopped every latent run from learning (docs/demo.md, finding 8), so it is off
@@ -69,7 +77,7 @@ EXPERIMENTS: dict[str, Preset] = {
                                 methods=("textcot", "storm"))
        for s, spec in DEGRADE.items()},
     **{f"breadth-{f}": replace(BASE, name=f"breadth-{f}", families=(f,), difficulty=level,
-                               prompt="chat", methods=METHODS)
+                               prompt="chat", methods=BREADTH_METHODS)
        for f, level in BREADTH.items()},
 }
 

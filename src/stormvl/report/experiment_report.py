@@ -145,7 +145,9 @@ def thoughts(folders: dict) -> dict:
     base, rows = folders.get(BASE), []
     for name in (BASE, "thoughts-weak", "thoughts-strong"):
         f = folders.get(name)
-        spec = dict(f.res["preset"].get("thought_degrade") or []) if f else None
+        from stormvl.demo.experiments import EXPERIMENTS
+
+        spec = dict(EXPERIMENTS[name].thought_degrade)  # the preset's, run or not
         rows.append({"folder": name, "degrade": spec, "storm": _cell(f, "storm"),
                      "vs_exact": None if name == BASE else paired((f, "storm"), (base, "storm")),
                      "vs_direct": paired((f, "storm"), (base, "direct"))})
@@ -227,7 +229,7 @@ def _spec(spec: dict | None) -> str:
 
 def sections(res: dict) -> list[Section]:
     t, g = res["table"], res["group"]
-    s = Section(res["title"], "table")
+    s = Section("The table", "table")
     acc = "test accuracy, %, mean [95% CI] over questions and seeds"
     gain = "paired gain, points, mean [95% CI]"
     if g == "stages":

@@ -103,4 +103,5 @@ class Containment(Family):
             distractors=[f"the {c} box" for j, c in enumerate(names) if j != end],
             rationale=" ".join(steps) + f" So the gem ends in the {names[end]} box.",
             state=state,
+            universe=[f"the {c} box" for c in names],  # left to right: a letter is a slot
         )

@@ -94,4 +94,5 @@ class OccludedTrajectory(Family):
             distractors=[f"the {g} gate" for k, g in enumerate(gates) if k != answer],
             rationale=rationale,
             state=state,
+            universe=[f"the {g} gate" for g in gates],  # top to bottom: a letter is a height
         )
