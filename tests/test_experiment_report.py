@@ -56,6 +56,14 @@ def test_the_stage_table_pairs_across_folders_and_names_what_is_not_run(tmp_path
     assert cur["both_vs_stage2"]["per_seed"] == [30.0, 50.0, 20.0]
     assert cur["both_vs_stage1"]["per_seed"] == [20.0, 30.0, 10.0]
     assert res["table"]["rows"][1]["both"] is None  # stages-scratch not run
+    assert "Data without rationales" not in out  # neither rationale-free recipe run yet
+    fake_folder(tmp_path, "stages-scratch", {"latent": [4, 4, 4], "storm": [6, 7, 6]})
+    fake_folder(tmp_path, "stages-textcot", {"latent": [4, 4, 4], "storm": [7, 9, 8]})
+    assert main(["report", str(tmp_path), "--experiment", "stages"]) == 0
+    out = capsys.readouterr().out
+    res = json.loads((tmp_path / "stages.json").read_text())
+    assert res["table"]["textcot_vs_scratch"]["per_seed"] == [10.0, 20.0, 20.0]
+    assert "better rationale-free recipe here is textcot start, storm 80.0" in out
     # a group not run names its rows all the same
     assert main(["report", str(tmp_path), "--experiment", "thoughts"]) == 0
     spec = [r["degrade"] for r in json.loads((tmp_path / "thoughts.json").read_text())["table"]["rows"]]

@@ -127,7 +127,31 @@ def stages(folders: dict) -> dict:
             "both_vs_stage2": paired((fb, "storm"), (fb, "latent")),
             "both_vs_stage1": paired((fb, "storm"), (f1, "storm")),
         })
-    return {"rows": rows, "direct": _cell(base, "direct"), "textcot": _cell(base, "textcot")}
+    # "which recipe for data without rationales": the two rationale-free rows, paired
+    fs, ft = folders.get("stages-scratch"), folders.get("stages-textcot")
+    return {"rows": rows, "direct": _cell(base, "direct"), "textcot": _cell(base, "textcot"),
+            "textcot_vs_scratch": paired((ft, "storm"), (fs, "storm"))}
+
+
+def no_rationale_reading(t: dict) -> str | None:
+    """The stage table's answer for data with thought videos but no rationales, in words."""
+    rows = {r["recipe"]: r for r in t["rows"]}
+    free = [rows[k] for k in ("scratch", "textcot start") if rows[k]["both"]]
+    if not free:
+        return None
+    best = max(free, key=lambda r: r["both"]["mean"])
+    text = (f"Data without rationales: the better rationale-free recipe here is *{best['recipe']}*, "
+            f"storm {_est(best['both'])}, {_gain(best['both_vs_direct'])} over direct")
+    g = t.get("textcot_vs_scratch")
+    if g:
+        clear = g["lo"] > 0 or g["hi"] < 0
+        text += (f"; textcot start - scratch {_gain(g)}, "
+                 + ("a clear difference" if clear else "within noise: either start will do"))
+    cur = rows["curriculum"]
+    if cur["both"]:
+        text += (f". The curriculum, which needs rationales, gives {_est(cur['both'])} "
+                 f"({_gain(cur['both_vs_direct'])} over direct)")
+    return text + "."
 
 
 def latents(folders: dict) -> dict:
@@ -241,6 +265,9 @@ def sections(res: dict) -> list[Section]:
                               rows, id="stages", caption=f"Storm's stages ({acc}; gains: {gain})"))
         s.blocks.append("\n".join(f"- *{r['recipe']}*: {r['what']}." for r in t["rows"])
                         + f"\n\nReferences: direct {_est(t['direct'])}, textcot {_est(t['textcot'])}.")
+        reading = no_rationale_reading(t)
+        if reading:
+            s.blocks.append(reading)
     elif g == "latents":
         rows = [[r["k"], _est(r["latent"]), _est(r["storm"]), _gain(r["storm_vs_latent"]),
                  _gain(r["storm_vs_direct"])] for r in t["rows"]]
