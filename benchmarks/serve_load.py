@@ -16,19 +16,22 @@ as requests per level), so a load change hits all three alike; beside ratio 2's 
 difference, the median of the per-round differences (same video, next to each other in time)
 and the server's own rollout time, both steadier on a busy machine. Beside each level: the server process's CPU time per request (on a shared
 machine the steadier measure of the work batching saves), and the cores the server and the
-clients used (where other work holds the cores, the concurrent levels cannot use them).
+clients used (where other work holds the cores, the concurrent levels cannot use them); the
+server's CPU includes its request-preparation worker processes (``--worker-threads``
+prepares in threads of the server process instead, as before they existed).
 
 A random model stops at arbitrary tokens, so end-of-sequence is switched off in both
 processes: every reply runs to its budget, and every request costs the same.
 
     PYTHONPATH=src python benchmarks/serve_load.py [--size tiny] [--requests 32] [--threads 1]
-        [--max-wait-ms 10]
+        [--max-wait-ms 10] [--workers 2] [--worker-threads]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import statistics
@@ -70,7 +73,8 @@ def make_videos(root: Path, n: int) -> None:
                     fps=4)
 
 
-def serve(ckpt: str, media: str, port: int, threads: int, max_wait_ms: float) -> None:
+def serve(ckpt: str, media: str, port: int, threads: int, max_wait_ms: float, workers: int,
+          worker_threads: bool) -> None:
     """The server process: ``stormvl serve``'s app, end-of-sequence off."""
     import torch
     import uvicorn
@@ -81,7 +85,7 @@ def serve(ckpt: str, media: str, port: int, threads: int, max_wait_ms: float) ->
 
     torch.set_num_threads(threads)
     cfg = ServeConfig(port=port, media_root=media, max_batch=16, max_wait_ms=max_wait_ms,
-                      max_queue=256)
+                      max_queue=256, workers=workers, worker_threads=worker_threads)
 
     def load():
         served = load_served(ckpt, "cpu", cfg)
@@ -148,9 +152,28 @@ async def paired(url: str, n: int, runner, media: Path):
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds so far of a process, its live descendants (the server's
+    preparation workers) and its children that have exited (Linux /proc)."""
+    def ticks(p: int, own_children: bool) -> int:
+        try:
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile (then counted in its parent's children time)
+            return 0
+        return int(f[11]) + int(f[12]) + (int(f[13]) + int(f[14]) if own_children else 0)
+
+    def children(p: int) -> list[int]:
+        out = []
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            with contextlib.suppress(OSError):  # a thread or process that just ended
+                out += [int(c) for c in task.read_text().split()]
+        return out
+
+    total, todo = ticks(pid, True), children(pid)
+    while todo:
+        c = todo.pop()
+        total += ticks(c, False)
+        todo += children(c)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -182,11 +205,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
     ap.add_argument("--max-wait-ms", type=float, default=10.0,
                     help="the server's --max-wait-ms (its default: 10)")
+    ap.add_argument("--workers", type=int, default=2, help="the server's --workers (default: 2)")
+    ap.add_argument("--worker-threads", action="store_true",
+                    help="the server's --worker-threads: prepare in threads, not processes")
     ap.add_argument("--serve", nargs=3, metavar=("CKPT", "MEDIA", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         return serve(args.serve[0], args.serve[1], int(args.serve[2]), args.threads,
-                     args.max_wait_ms)
+                     args.max_wait_ms, args.workers, args.worker_threads)
     import httpx
     import torch
 
@@ -203,6 +229,8 @@ def main() -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         server = subprocess.Popen([sys.executable, __file__, "--threads", str(args.threads),
                                    "--max-wait-ms", str(args.max_wait_ms),
+                                   "--workers", str(args.workers),
+                                   *(["--worker-threads"] if args.worker_threads else []),
                                    "--serve", str(ckpt), str(media), str(port)], env=env)
         url = f"http://127.0.0.1:{port}"
         try:
@@ -232,7 +260,8 @@ def main() -> None:
 
     print(f"qwen2_5_vl/{args.size} storm K={K}, {REPLY}-token replies, 8 frames of 64x64, "
           f"{args.requests} requests per level, {args.threads} torch thread(s) per process, "
-          f"CPU, loopback; --max-batch 16 --max-wait-ms {args.max_wait_ms:g}")
+          f"CPU, loopback; --max-batch 16 --max-wait-ms {args.max_wait_ms:g} --workers "
+          f"{args.workers}{' --worker-threads' if args.worker_threads else ' (processes)'}")
     print(f"{'concurrency':>11} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'mean batch':>10} "
           f"{'server CPU ms/req':>17} {'cores used':>10}")
     for c, (wall, lat, replies) in results.items():

@@ -76,7 +76,10 @@ def media(tmp_path_factory) -> Path:
 
 
 def make_app(ckpt: Path, media: Path, wrap=None, **settings):
-    cfg = ServeConfig(media_root=str(media), **settings)
+    """An app over the tiny checkpoint; one preparation worker process unless asked
+    otherwise (each worker start imports torch and transformers: seconds on a busy box).
+    Tests of the HTTP layer alone (auth, queue, timeouts) prepare in threads."""
+    cfg = ServeConfig(media_root=str(media), **{"workers": 1, **settings})
 
     def load():
         served = load_served(str(ckpt), "cpu", cfg)
@@ -96,7 +99,7 @@ def wait_ready(client, timeout: float = 60.0, **kw) -> None:
 
 @pytest.fixture(scope="module")
 def app(ckpt, media):
-    return make_app(ckpt, media, max_batch=8, max_wait_ms=2000, max_tokens_cap=64,
+    return make_app(ckpt, media, workers=2, max_batch=8, max_wait_ms=2000, max_tokens_cap=64,
                     max_input_frames=16, max_body_mb=1.0)
 
 
@@ -274,6 +277,97 @@ def _request(body):
     from stormvl.serve.schema import ChatRequest
 
     return ChatRequest.model_validate(body)
+
+
+def _frame_parts(media: Path) -> list[dict]:
+    """v0.mp4's 8 frames as PNG data URLs (lossless: the exact pixels)."""
+    from PIL import Image
+
+    parts = []
+    for f in decode_frames(media / "v0.mp4")[0]:
+        buf = io.BytesIO()
+        Image.fromarray(f).save(buf, format="PNG")
+        parts.append({"type": "image_url", "image_url": {
+            "url": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}})
+    return parts
+
+
+def _bits(t) -> tuple:
+    return t.dtype, tuple(t.shape), t.contiguous().numpy().tobytes()
+
+
+def test_a_worker_process_prepares_the_in_process_job(app, client, media):
+    """The default preparation runs in spawned worker processes holding the checkpoint
+    without its weights; their Job equals the server process's own, bit for bit, for a
+    video file and for a frame list."""
+    import asyncio
+    import pickle
+
+    from stormvl.serve.schema import ApiError
+
+    served, pre = app.fastapi.state.serve.model, app.fastapi.state.serve.preparers
+    assert not pre.threads and asyncio.run(pre.call(os.getpid)) != os.getpid()
+    for body in (ask("v0.mp4", num_frames=2, stop=["x"]),
+                 ask(parts=_frame_parts(media), frames_fps=4.0, max_tokens=7)):
+        req = _request(body)
+        here, there = served.prepare(req, "j"), asyncio.run(pre.prepare(req, "j"))
+        assert (here.id, here.k, here.max_tokens, here.stop, here.sampling, here.seed) == (
+            there.id, there.k, there.max_tokens, there.stop, there.sampling, there.seed)
+        a, b = here.prepared, there.prepared
+        assert (a.frame_indices, a.thought_indices) == (b.frame_indices, b.thought_indices)
+        assert (a.item.question, a.item.format, a.item.frames_fps) == (
+            b.item.question, b.item.format, b.item.frames_fps)
+        ea, eb = a.encoded, b.encoded
+        assert (ea.input_ids, ea.mm_token_type_ids, ea.labels, ea.k, ea.split) == (
+            eb.input_ids, eb.mm_token_type_ids, eb.labels, eb.k, eb.split)
+        assert _bits(ea.position_ids) == _bits(eb.position_ids)
+        assert len(ea.videos) == len(eb.videos) == 1
+        va, vb = ea.videos[0], eb.videos[0]
+        assert _bits(va.pixel_values) == _bits(vb.pixel_values)
+        assert _bits(va.grid_thw) == _bits(vb.grid_thw)
+        assert va.timestamps.tobytes() == vb.timestamps.tobytes()
+        assert (va.grid_interval, va.n_tokens, va.key) == (vb.grid_interval, vb.n_tokens, vb.key)
+    err = pickle.loads(pickle.dumps(ApiError(400, "m", "p", headers={"a": "b"})))
+    assert (err.status, err.message, err.param, err.kind, err.headers) == (
+        400, "m", "p", "invalid_request_error", {"a": "b"})
+
+
+def test_a_dead_worker_costs_a_503_not_the_server(ckpt, media):
+    """A worker killed while it prepares a request gets that request a 503; the next
+    request is answered by a new worker; on exit no worker process is left."""
+    import asyncio
+    import multiprocessing
+
+    from stormvl.serve.schema import ApiError
+
+    before = {p.pid for p in multiprocessing.active_children()}
+    app = make_app(ckpt, media)  # one worker process
+    with TestClient(app) as c:
+        wait_ready(c)
+        pre = app.fastapi.state.serve.preparers
+        pid = asyncio.run(pre.call(os.getpid))
+        with pytest.raises(ApiError) as died:  # SIGKILL from inside its own call
+            asyncio.run(pre.call(os.kill, pid, signal.SIGKILL))
+        assert (died.value.status, died.value.code) == (503, "worker_died")
+        assert died.value.headers == {"Retry-After": "1"}
+        assert reply(c.post("/v1/chat/completions", json=ask(max_tokens=2)))
+        assert pre.restarts == 1 and asyncio.run(pre.call(os.getpid)) != pid
+        workers = {p.pid for p in multiprocessing.active_children()} - before
+        assert len(workers) == 1 and pid not in workers
+    assert not workers & {p.pid for p in multiprocessing.active_children()}
+
+
+def test_worker_threads_answer_as_the_worker_processes(client, ckpt, media):
+    import multiprocessing
+
+    want = reply(client.post("/v1/chat/completions", json=ask("v3.mp4")))
+    before = {p.pid for p in multiprocessing.active_children()}
+    app = make_app(ckpt, media, worker_threads=True)
+    with TestClient(app) as c:
+        wait_ready(c)
+        assert app.fastapi.state.serve.preparers.threads
+        assert reply(c.post("/v1/chat/completions", json=ask("v3.mp4"))) == want
+        assert {p.pid for p in multiprocessing.active_children()} <= before
 
 
 BAD = [  # (body or raw bytes, status, the error's param, words in its message)
@@ -494,7 +588,7 @@ def test_rationale_replies_answer_with_the_answer_and_reason_beside_it(ckpt, med
 
     assert split_reply("B", True) == ("B", None, 0)  # nothing to split
     assert split_reply(RATIONALE, False) == (RATIONALE, None, 0)  # a model without rationale
-    with TestClient(make_app(ckpt, media, wrap=_rationale_replies)) as c:
+    with TestClient(make_app(ckpt, media, wrap=_rationale_replies, worker_threads=True)) as c:
         wait_ready(c)
         msg = c.post("/v1/chat/completions", json=ask()).json()["choices"][0]["message"]
         assert msg["content"] == answer_part(True, RATIONALE) == "A."
@@ -511,7 +605,7 @@ def test_rationale_replies_answer_with_the_answer_and_reason_beside_it(ckpt, med
 
 
 def test_api_key_guards_everything_but_health(ckpt, media):
-    app = make_app(ckpt, media, api_key="s3cret")
+    app = make_app(ckpt, media, api_key="s3cret", worker_threads=True)
     with TestClient(app) as c:
         assert c.get("/health").status_code == 200
         ok = {"Authorization": "Bearer s3cret"}
@@ -545,7 +639,7 @@ def _until(cond, timeout=30.0):
 
 def test_queue_full_gets_429_with_retry_after(ckpt, media):
     gate = threading.Event()
-    app = make_app(ckpt, media, wrap=_gate(gate), max_queue=2, max_wait_ms=0)
+    app = make_app(ckpt, media, wrap=_gate(gate), max_queue=2, max_wait_ms=0, worker_threads=True)
     with TestClient(app) as c:
         wait_ready(c)
         out = []
@@ -567,7 +661,8 @@ def test_queue_full_gets_429_with_retry_after(ckpt, media):
 
 def test_request_timeout_gets_504_and_frees_its_slot(ckpt, media):
     gate = threading.Event()
-    app = make_app(ckpt, media, wrap=_gate(gate), request_timeout_s=0.5, max_wait_ms=0)
+    app = make_app(ckpt, media, wrap=_gate(gate), request_timeout_s=0.5, max_wait_ms=0,
+                   worker_threads=True)
     with TestClient(app) as c:
         wait_ready(c)
         r = c.post("/v1/chat/completions", json=ask(max_tokens=3))
@@ -584,7 +679,8 @@ def test_disconnected_client_frees_its_slot(ckpt, media):
     import uvicorn
 
     gate = threading.Event()
-    app = make_app(ckpt, media, wrap=_gate(gate), max_queue=4, max_wait_ms=0)
+    app = make_app(ckpt, media, wrap=_gate(gate), max_queue=4, max_wait_ms=0,
+                   worker_threads=True)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -38,6 +38,7 @@ def load_backbone(
     device: str | torch.device = "cpu",
     video: VideoSettings | None = None,
     trust_remote_code: bool = False,
+    weights: bool = True,
 ) -> Backbone:
     """``from_pretrained`` a Qwen-VL checkpoint and wrap it in its family's adapter.
 
@@ -48,6 +49,11 @@ def load_backbone(
         video: frame-resolution settings; default = the checkpoint's stormvl.json, else the
             family default.
         trust_remote_code: passed through; off unless the user asks.
+        weights: False builds the model from its config on the meta device instead (no
+            weight file is read, no memory is taken; ``dtype`` / ``device`` are ignored): the
+            tokenizer, special ids, patch / merge sizes and positions are the checkpoint's,
+            so ``preprocess_video`` and ``encode`` give what the loaded model's would. For
+            processes that only prepare inputs (the server's preparation workers).
     Raises:
         UserError: unsupported architecture, a checkpoint of another family, pickle or
             damaged weights, weights that do not fit the config (``check_checkpoint_folder``,
@@ -76,7 +82,11 @@ def load_backbone(
         raise UserError(f"{path_or_id}: stormvl.json names backbone {meta.get('backbone')!r} "
                         f"but the weights are {model_type}")
     cls = ADAPTERS[model_type]
-    model = cls.load_weights(path_or_id, dtype, trust_remote_code).to(device).eval()
+    if weights:
+        model = cls.load_weights(path_or_id, dtype, trust_remote_code).to(device).eval()
+    else:
+        with torch.device("meta"):
+            model = cls.model_class()._from_config(config).eval()
     tokenizer = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
     if video is None and meta is not None:
         video = VideoSettings.from_dict(meta.get("video"))

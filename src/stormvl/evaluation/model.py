@@ -96,11 +96,13 @@ def _device(device: str | None) -> str:
     return "cpu"
 
 
-def load_model(path: str | Path, device: str | None = None, dtype: str = "auto") -> LoadedModel:
+def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
+               weights: bool = True) -> LoadedModel:
     """Load a stormvl checkpoint (or a plain HF Qwen-VL folder, evaluated as ``direct``).
 
     ``path`` may also be a training run's folder: its newest finished checkpoint is taken
-    (``resolve_checkpoint``).
+    (``resolve_checkpoint``). ``weights=False``: everything but the weights (a meta-device
+    model; ``load_backbone``), enough to prepare inputs exactly as the loaded model would.
 
     Raises:
         UserError: missing folder, unknown method, LoRA adapters that need ``stormvl export``.
@@ -118,10 +120,10 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto")
     oracle = 0
     if method == "oracle":
         oracle = int(((meta.get("config") or {}).get("method") or {}).get("oracle_frames", 4))
-    dev = _device(device)
+    dev = _device(device) if weights else "meta"  # no CUDA probe in a weightless process
     if dtype == "auto":
         dtype = "bfloat16" if dev.startswith("cuda") else "float32"
-    bb = load_backbone(str(p), dtype=getattr(torch, dtype), device=dev)
+    bb = load_backbone(str(p), dtype=getattr(torch, dtype), device=dev, weights=weights)
     if meta.get("video_config"):
         video = from_dict(VideoConfig, meta["video_config"], f"{p}/stormvl.json video_config")
     else:  # not trained by stormvl: the issue's default of 16 uniform frames, a loose budget

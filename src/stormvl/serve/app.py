@@ -2,7 +2,8 @@
 ``/health`` (alive), ``/ready`` (model loaded, not draining) and ``/metrics`` (Prometheus).
 
 Request path: auth -> schema check (400 naming the field) -> admission (429 when full) ->
-the worker pool decodes and tokenises (400 for bad media) -> the batcher groups it with
+a preparation worker (a process, or a thread with ``--worker-threads``; ``workers.py``)
+decodes and tokenises (400 for bad media) -> the batcher groups it with
 other requests into one engine call -> the reply, as one JSON object or as server-sent
 events in OpenAI's chunk format ending with ``[DONE]``. Every failure is an OpenAI-style
 error object; nothing a client sends can take the server down or reach another request.
@@ -21,7 +22,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
@@ -36,6 +36,7 @@ from stormvl.serve.config import ServeConfig
 from stormvl.serve.engine import Answer, Job, ServedModel
 from stormvl.serve.metrics import Metrics
 from stormvl.serve.schema import ApiError, ChatRequest, describe_errors
+from stormvl.serve.workers import Preparers
 
 log = logging.getLogger("stormvl.serve")
 ENDPOINTS = ("/v1/chat/completions", "/v1/models", "/health", "/ready", "/metrics")
@@ -118,8 +119,9 @@ class _Guard:
 
 def build_app(load: Callable[[], ServedModel], cfg: ServeConfig,
               on_load_error: Callable[[BaseException], None] | None = None) -> FastAPI:
-    """The ASGI app. ``load`` builds the model in a thread after startup, so ``/health``
-    answers (and ``/ready`` says 503) while a large checkpoint loads.
+    """The ASGI app. ``load`` builds the model in a thread after startup, then the
+    preparation workers start, so ``/health`` answers (and ``/ready`` says 503) while a
+    large checkpoint loads.
 
     Args:
         on_load_error: called with the exception when loading fails (the CLI stops the
@@ -127,13 +129,18 @@ def build_app(load: Callable[[], ServedModel], cfg: ServeConfig,
     """
     metrics = Metrics()
     max_body = int(cfg.max_body_mb * (1 << 20))
-    st = SimpleNamespace(model=None, batcher=None, error=None, draining=False, loaded_at=0)
-    pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="stormvl-decode")
+    st = SimpleNamespace(model=None, batcher=None, preparers=None, error=None, draining=False,
+                         loaded_at=0)
 
     async def load_model() -> None:
+        preparers = None
         try:
             served = await asyncio.to_thread(load)
+            preparers = Preparers(served, cfg.workers, cfg.worker_threads)
+            await asyncio.to_thread(preparers.start)
         except BaseException as exc:  # noqa: BLE001 - reported, and the CLI exits with it
+            if preparers is not None:
+                await asyncio.to_thread(preparers.close)
             st.error = exc
             log.error("loading the model failed: %s", exc)
             if on_load_error is not None:
@@ -142,8 +149,10 @@ def build_app(load: Callable[[], ServedModel], cfg: ServeConfig,
         batcher = Batcher(served.run, cfg.max_batch, cfg.max_wait_ms / 1000, cfg.max_queue,
                           metrics)
         batcher.start()
-        st.model, st.batcher, st.loaded_at = served, batcher, int(time.time())
-        log.info("ready: serving %s as %r", served.runner.model.path, served.name)
+        st.model, st.batcher, st.preparers = served, batcher, preparers
+        st.loaded_at = int(time.time())
+        log.info("ready: serving %s as %r (%d preparation worker %s)", served.runner.model.path,
+                 served.name, cfg.workers, "threads" if cfg.worker_threads else "processes")
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -154,7 +163,8 @@ def build_app(load: Callable[[], ServedModel], cfg: ServeConfig,
             loading.cancel()
         if st.batcher is not None:
             await st.batcher.close(cfg.request_timeout_s)
-        pool.shutdown(wait=False, cancel_futures=True)
+        if st.preparers is not None:  # after the batcher: in-flight requests are done
+            await asyncio.to_thread(st.preparers.close)
 
     app = FastAPI(title="stormvl", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
@@ -227,7 +237,7 @@ def build_app(load: Callable[[], ServedModel], cfg: ServeConfig,
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         batcher.admit()
         try:
-            job = await _prepare(served, batcher, req, rid, deadline)
+            job = await _prepare(batcher, req, rid, deadline)
             metrics.load.observe(job.prepared.load_s)
             t_ready = time.monotonic()
             res = await _wait(asyncio.ensure_future(batcher.submit(job)), request, deadline)
@@ -259,11 +269,9 @@ def build_app(load: Callable[[], ServedModel], cfg: ServeConfig,
                     "finish_reason": res.finish_reason}],
                 "usage": usage, "stormvl": extra}
 
-    async def _prepare(served: ServedModel, batcher: Batcher, req: ChatRequest, rid: str,
-                       deadline: float) -> Job:
-        loop = asyncio.get_running_loop()
+    async def _prepare(batcher: Batcher, req: ChatRequest, rid: str, deadline: float) -> Job:
         try:
-            return await asyncio.wait_for(loop.run_in_executor(pool, served.prepare, req, rid),
+            return await asyncio.wait_for(st.preparers.prepare(req, rid),
                                           max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             raise ApiError(504, f"preparing the video took over {cfg.request_timeout_s:g} s "

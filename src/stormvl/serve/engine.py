@@ -1,5 +1,6 @@
-"""The model side of the server: a request becomes a prepared ``Job`` (in the worker pool),
-and a batch of jobs becomes answers in one engine call (on the model thread).
+"""The model side of the server: a request becomes a prepared ``Job`` (in the worker pool:
+worker processes holding a weightless copy of the model, ``PrepareSpec``, or threads), and
+a batch of jobs becomes answers in one engine call (on the model thread).
 
 Both go through the evaluator's ``Runner`` (``stormvl eval`` and ``stormvl answer`` answer
 with it): frames planned as training planned them, the method's prompt layout, left-padded
@@ -32,7 +33,7 @@ from pathlib import Path
 import torch
 
 from stormvl.errors import UserError
-from stormvl.evaluation.model import answer_part
+from stormvl.evaluation.model import EvalSettings, answer_part, load_model
 from stormvl.evaluation.runner import Prepared, Runner
 from stormvl.integrations.lmms_eval import truncate_at
 from stormvl.serve.media import LimitedClips, MediaLimits, shown_error, stage
@@ -111,6 +112,25 @@ class Answer:
     batch_size: int
 
 
+@dataclass(frozen=True)
+class PrepareSpec:
+    """How a preparation worker process rebuilds a ``ServedModel``'s request side: the
+    checkpoint without its weights (``load_model(weights=False)``: its tokenizer, video
+    settings and shapes), the same run settings and limits. A few picklable fields, so a
+    spawned worker starts from the checkpoint folder instead of a copy of the weights, and
+    prepares a request with the very code (and so the very tensors) the server would."""
+
+    checkpoint: str
+    settings: EvalSettings
+    name: str
+    limits: MediaLimits
+    max_tokens_cap: int
+
+    def build(self) -> ServedModel:
+        runner = Runner(load_model(self.checkpoint, weights=False), self.settings)
+        return ServedModel(runner, self.name, self.limits, self.max_tokens_cap)
+
+
 class ServedModel:
     """A loaded checkpoint behind the server, with the limits requests are checked against."""
 
@@ -125,6 +145,11 @@ class ServedModel:
         self.max_tokens_cap = max_tokens_cap
         self.tokenizer = runner.model.backbone.tokenizer
         self.clips = LimitedClips(limits)
+
+    @property
+    def spec(self) -> PrepareSpec:
+        return PrepareSpec(self.runner.model.path, self.runner.settings, self.name, self.limits,
+                           self.max_tokens_cap)
 
     @property
     def max_latent_steps(self) -> int:
@@ -145,7 +170,7 @@ class ServedModel:
                                "open_ended": self.default_max_tokens(False)},
                 "max_tokens_cap": self.max_tokens_cap}
 
-    # ----- request -> job (worker pool) ---------------------------------------------------
+    # ----- request -> job (worker pool: any process holding this model, weights or not) ---
 
     def _video(self, req: ChatRequest) -> VideoConfig:
         v = self.runner.video

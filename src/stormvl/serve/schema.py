@@ -29,6 +29,12 @@ class ApiError(Exception):
         self.status, self.message, self.param = status, message, param
         self.kind, self.code, self.headers = kind, code, headers or {}
 
+    def __reduce__(self):
+        # raised in a preparation worker process, it reaches the client through a pickle;
+        # Exception's default would rebuild it from the message alone
+        return type(self), (self.status, self.message, self.param, self.kind, self.code,
+                            self.headers)
+
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param,
                           "code": self.code}}

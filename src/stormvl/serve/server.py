@@ -3,7 +3,8 @@ answers meanwhile), serve, and shut down gracefully on SIGTERM / Ctrl-C.
 
 SIGTERM: ``/ready`` turns 503 at once (a load balancer stops sending), uvicorn stops
 accepting connections and lets in-flight requests finish (up to the request timeout), then
-the batcher fails whatever is left with 503 and the process exits 0.
+the batcher fails whatever is left with 503, the preparation workers are stopped, and the
+process exits 0.
 """
 
 from __future__ import annotations
