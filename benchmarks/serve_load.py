@@ -24,7 +24,7 @@ A random model stops at arbitrary tokens, so end-of-sequence is switched off in 
 processes: every reply runs to its budget, and every request costs the same.
 
     PYTHONPATH=src python benchmarks/serve_load.py [--size tiny] [--requests 32] [--threads 1]
-        [--max-wait-ms 10] [--workers 2] [--worker-threads]
+        [--max-wait-ms 10] [--workers 2] [--worker-threads] [--videos suite|noise]
 """
 
 from __future__ import annotations
@@ -64,13 +64,21 @@ def make_checkpoint(path: Path, size: str) -> Path:
     return path
 
 
-def make_videos(root: Path, n: int) -> None:
+def make_videos(root: Path, n: int, kind: str) -> None:
+    """16 clips of 16 frames, 64 x 64 at 4 fps: the procedural suite's shell-game clips,
+    written as ``stormvl synth`` writes them (lossless), or uniform noise (``noise``: the
+    worst case for the decoder, ~2x the decode time of the suite's clips)."""
     from stormvl.data.video import write_video
+    from stormvl.synth.registry import generate
 
     rng = np.random.default_rng(0)
     for i in range(n):
-        write_video(root / f"v{i}.mp4", rng.integers(0, 256, (16, 64, 64, 3), dtype=np.uint8),
-                    fps=4)
+        if kind == "noise":
+            write_video(root / f"v{i}.mp4", rng.integers(0, 256, (16, 64, 64, 3), dtype=np.uint8),
+                        fps=4)
+        else:
+            write_video(root / f"v{i}.mp4", generate("shell_game", i, frames=16, size=64).video,
+                        fps=4, lossless=True)
 
 
 def serve(ckpt: str, media: str, port: int, threads: int, max_wait_ms: float, workers: int,
@@ -132,22 +140,30 @@ async def load_level(url: str, n: int, concurrency: int):
 async def paired(url: str, n: int, runner, media: Path):
     """Concurrency 1, in turn: a served storm request, a served direct one, and the same
     storm request through the engine alone in this process (drift in the machine's load
-    hits all three alike): {"storm" | "direct": (latencies, replies), "engine": latencies}."""
+    hits all three alike): {"storm" | "direct": (latencies, replies), "engine": latencies}.
+
+    The three take each place in a round equally often (the order rotates): whichever
+    follows the engine-alone run meets a server that sat idle meanwhile, and ran ~0.3 ms
+    slower in its prefill (docs/results/serve-load-2026-12-02.md) when that
+    was always the storm request."""
     import httpx
 
     out = {"storm": ([], []), "direct": ([], []), "engine": []}
+    kinds = [(None, "storm"), (0, "direct"), (None, "engine")]
     async with httpx.AsyncClient(timeout=600) as client:
         for i in range(n + 1):
-            for steps, name in ((None, "storm"), (0, "direct")):
+            for steps, name in kinds[i % 3:] + kinds[: i % 3]:
+                if name == "engine":
+                    t = engine_once(runner, media, i)
+                    if i:
+                        out["engine"].append(t)
+                    continue
                 t0 = time.perf_counter()
                 r = await client.post(f"{url}/v1/chat/completions", json=body(i, steps))
                 r.raise_for_status()
                 if i:  # the first round warms up
                     out[name][0].append(time.perf_counter() - t0)
                     out[name][1].append(r.json())
-            t = engine_once(runner, media, i)
-            if i:
-                out["engine"].append(t)
     return out
 
 
@@ -206,6 +222,8 @@ def main() -> None:
     ap.add_argument("--max-wait-ms", type=float, default=10.0,
                     help="the server's --max-wait-ms (its default: 10)")
     ap.add_argument("--workers", type=int, default=2, help="the server's --workers (default: 2)")
+    ap.add_argument("--videos", default="suite", choices=["suite", "noise"],
+                    help="the requests' clips: the shell game's (default) or uniform noise")
     ap.add_argument("--worker-threads", action="store_true",
                     help="the server's --worker-threads: prepare in threads, not processes")
     ap.add_argument("--serve", nargs=3, metavar=("CKPT", "MEDIA", "PORT"), help=argparse.SUPPRESS)
@@ -222,7 +240,7 @@ def main() -> None:
         ckpt = make_checkpoint(root / "storm", args.size)
         media = root / "media"
         media.mkdir()
-        make_videos(media, 16)
+        make_videos(media, 16, args.videos)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -258,7 +276,8 @@ def main() -> None:
             server.terminate()
             server.wait(60)
 
-    print(f"qwen2_5_vl/{args.size} storm K={K}, {REPLY}-token replies, 8 frames of 64x64, "
+    print(f"qwen2_5_vl/{args.size} storm K={K}, {REPLY}-token replies, 8 frames of 64x64 "
+          f"from 16-frame {'shell-game' if args.videos == 'suite' else 'noise'} clips, "
           f"{args.requests} requests per level, {args.threads} torch thread(s) per process, "
           f"CPU, loopback; --max-batch 16 --max-wait-ms {args.max_wait_ms:g} --workers "
           f"{args.workers}{' --worker-threads' if args.worker_threads else ' (processes)'}")

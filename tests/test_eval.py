@@ -188,8 +188,8 @@ def test_oracle_sees_what_training_saw(tmp_path, ckpts, data):
     cached = Runner(runner.model, EvalSettings(clip_cache=str(tmp_path / "clips")))
     first = cached.prepare(item)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cc, "read_clip", lambda *a, **k: pytest.fail("decoded again"))
-        mp.setattr(cc, "probe", lambda *a, **k: pytest.fail("probed again"))
+        mp.setattr(cc.OpenVideo, "read", lambda *a, **k: pytest.fail("decoded again"))
+        mp.setattr(cc, "OpenVideo", lambda *a, **k: pytest.fail("opened again"))
         again = cached.prepare(item)
     row = next(r for r in rows if r["id"] == item.id)
     for p in (first, again):

@@ -73,7 +73,7 @@ def test_clip_cache_returns_what_a_fresh_read_does_and_decodes_once(tmp_path, mo
     reader = cc.ClipReader(tmp_path / "cache")
     for kw in ({"num_frames": 4}, {"num_frames": 2, "start": 1.0, "end": 1.5}, {"sample_fps": 2.0}):
         fresh, first = read_clip(video, **kw), reader.read_clip(video, **kw)
-        monkeypatch.setattr(cc, "read_clip", lambda *a, **k: pytest.fail("decoded again"))
+        monkeypatch.setattr(cc.OpenVideo, "read", lambda *a, **k: pytest.fail("decoded again"))
         again = reader.read_clip(video, **kw)  # from disk, not decoded
         monkeypatch.undo()
         for got in (first, again):
@@ -87,7 +87,7 @@ def test_clip_cache_returns_what_a_fresh_read_does_and_decodes_once(tmp_path, mo
     # SystemError on CPython 3.11 when the evaluation's two decode threads read at once
     import ast
     monkeypatch.setattr(ast, "parse", lambda *a, **k: pytest.fail("ast used to read an entry"))
-    monkeypatch.setattr(cc, "read_clip", lambda *a, **k: pytest.fail("decoded again"))
+    monkeypatch.setattr(cc.OpenVideo, "read", lambda *a, **k: pytest.fail("decoded again"))
     assert reader.read_clip(video, num_frames=4).frames.shape == (4, *_frames().shape[1:])
     monkeypatch.undo()
 
@@ -123,34 +123,49 @@ def test_clip_cache_returns_what_a_fresh_read_does_and_decodes_once(tmp_path, mo
     assert cc.ClipReader().read_clip(video, num_frames=4).indices.tolist() == [1, 4, 7, 10]
 
 
-def test_a_read_after_its_probe_does_not_probe_the_file_again(tmp_path, monkeypatch):
-    import os
+def test_an_opened_source_probes_and_reads_with_one_open(tmp_path, monkeypatch):
+    import av
 
     import stormvl.data.clip_cache as cc
     import stormvl.data.video as vid
 
     video = tmp_path / "a.mp4"
     write_video(video, _frames(), fps=6, lossless=True)
-    fresh = read_clip(video, num_frames=4)
-    calls = []
-    real = vid.probe
-    counting = lambda *a, **k: calls.append(a[0]) or real(*a, **k)  # noqa: E731
-    monkeypatch.setattr(vid, "probe", counting)
-    monkeypatch.setattr(cc, "probe", counting)
-    reader = cc.ClipReader()
-    reader.probe(video)
-    got = reader.read_clip(video, num_frames=4)
-    assert calls == [video]  # the read used the probe it followed
-    np.testing.assert_array_equal(got.frames, fresh.frames)
-    np.testing.assert_array_equal(got.timestamps, fresh.timestamps)
-    reader.read_clip(video, num_frames=4)  # a second read has no probe left to reuse
-    assert len(calls) == 2
-    # a file rewritten after its probe is probed again
-    reader.probe(video)
-    write_video(video, _frames()[:6].copy(), fps=6, lossless=True)
-    os.utime(video, ns=(2, 2))
-    assert reader.read_clip(video, num_frames=4).indices.tolist() == [0, 2, 3, 5]
-    assert len(calls) == 4
+    fresh, info = read_clip(video, num_frames=4), probe(video)
+    opens = []
+    real = av.open
+    monkeypatch.setattr(vid.av, "open", lambda *a, **k: opens.append(a[0]) or real(*a, **k))
+    with cc.ClipReader().open(video) as src:
+        assert src.info == info
+        got = src.read_clip(num_frames=4, start=0.5)
+    assert opens == [str(video)]  # the read continued the probe's decoder
+    ref = read_clip(video, num_frames=4, start=0.5)
+    np.testing.assert_array_equal(got.frames, ref.frames)
+    np.testing.assert_array_equal(got.timestamps, ref.timestamps)
+    np.testing.assert_array_equal(ref.frames[0], fresh.frames[1])  # the bound did apply
+    # frame 0 comes from the probe's decode: a clip that starts there equals decode_frames
+    with vid.OpenVideo(video) as v:
+        assert v.info == info
+        whole = v.read(num_frames=12)
+        with pytest.raises(RuntimeError, match="read once"):
+            v.read(num_frames=2)
+    np.testing.assert_array_equal(whole.frames, decode_frames(video)[0])
+    # the reader's check sees the probe before any frame is decoded, cached or not
+    seen = []
+
+    class Refusing(cc.ClipReader):
+        def check(self, path, info):
+            seen.append(info)
+            raise vid.VideoError(f"{path}: refused")
+
+    cc.ClipReader(tmp_path / "cache").probe(video)  # a cached probe is checked too
+    monkeypatch.setattr(vid.OpenVideo, "read", lambda *a, **k: pytest.fail("decoded"))
+    for root in (None, tmp_path / "cache"):
+        with pytest.raises(vid.VideoError, match="refused"):
+            Refusing(root).read_clip(video, num_frames=4)
+        with pytest.raises(vid.VideoError, match="refused"), Refusing(root).open(video) as src:
+            src.info  # noqa: B018
+    assert seen == [info] * 4
 
 
 # --- short clips, rotation, variable frame rate -----------------------------------------------

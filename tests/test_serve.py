@@ -187,6 +187,24 @@ def test_frames_and_data_url_equal_the_video_path(client, media):
     assert client.post("/v1/chat/completions", json=ask(data)).json()["choices"] == want["choices"]
 
 
+def test_media_is_written_only_when_sent_and_then_removed(media, tmp_path, monkeypatch):
+    import tempfile
+
+    from stormvl.serve.media import MediaLimits, Scratch, stage
+    from stormvl.serve.schema import VideoRef
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    limits = MediaLimits(root=media)
+    with Scratch() as scratch:  # a local file is read where it is
+        staged = stage(VideoRef(param="messages[0]", url="v0.mp4"), limits, scratch, None)
+        assert staged.path == (media / "v0.mp4").resolve() and not list(tmp_path.iterdir())
+    data = "data:video/mp4;base64," + base64.b64encode((media / "v0.mp4").read_bytes()).decode()
+    with Scratch() as scratch:
+        staged = stage(VideoRef(param="messages[0]", url=data), limits, scratch, None)
+        assert staged.path.parent.parent == tmp_path and staged.path.read_bytes()[:4]
+    assert not list(tmp_path.iterdir())  # removed with its request
+
+
 def test_streaming_is_openai_chunks_ending_with_done(client):
     plain = client.post("/v1/chat/completions", json=ask("v1.mp4", max_tokens=12)).json()
     r = client.post("/v1/chat/completions", json=ask("v1.mp4", max_tokens=12, stream=True,

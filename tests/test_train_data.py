@@ -316,8 +316,8 @@ def test_cache_decoded_decodes_each_clip_once(tmp_path, monkeypatch):
     samples, root, _ = load_samples(DataConfig(train=str(tmp_path / "m.jsonl"), split=None))
     vc = VideoConfig(num_frames=4, max_visual_tokens=16, min_pixels=28 * 28, max_pixels=56 * 56)
     calls = []
-    real = data_mod.read_clip
-    monkeypatch.setattr(data_mod, "read_clip", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    real = data_mod.OpenVideo.read
+    monkeypatch.setattr(data_mod.OpenVideo, "read", lambda v, *a, **k: calls.append(v.path) or real(v, *a, **k))
     plain = VideoQADataset(samples, root, vc, lambda t, h, w, px: (t // 2) * 2, 2)
     kept = VideoQADataset(samples, root, vc, lambda t, h, w, px: (t // 2) * 2, 2, keep_decoded=True)
     first = kept[0].features
@@ -364,8 +364,8 @@ def test_clip_cache_is_shared_by_runs_and_changes_no_sample(tmp_path, monkeypatc
 
     plain = dataset(None)[0].features
     first = dataset(ClipReader(tmp_path / "clips"))[0].features
-    monkeypatch.setattr(cc, "read_clip", lambda *a, **k: pytest.fail("decoded again"))
-    monkeypatch.setattr(cc, "probe", lambda *a, **k: pytest.fail("probed again"))
+    monkeypatch.setattr(cc.OpenVideo, "read", lambda *a, **k: pytest.fail("decoded again"))
+    monkeypatch.setattr(cc, "OpenVideo", lambda *a, **k: pytest.fail("opened again"))
     second = dataset(ClipReader(tmp_path / "clips"))[0].features
     for got in (first, second):
         for name in ("frames", "timestamps", "thought_frames", "thought_timestamps"):
@@ -398,8 +398,8 @@ def test_cache_decoded_prepares_again_for_a_new_variant(tmp_path, monkeypatch):
     samples, root, _ = load_samples(DataConfig(train=str(tmp_path / "m.jsonl"), split=None))
     vc = VideoConfig(num_frames=4, max_visual_tokens=16, min_pixels=28 * 28, max_pixels=56 * 56)
     decoded, media, seen = [], [], []
-    real = data_mod.read_clip
-    monkeypatch.setattr(data_mod, "read_clip", lambda *a, **k: decoded.append(a[0]) or real(*a, **k))
+    real = data_mod.OpenVideo.read
+    monkeypatch.setattr(data_mod.OpenVideo, "read", lambda v, *a, **k: decoded.append(v.path) or real(v, *a, **k))
     ds = VideoQADataset(samples, root, vc, lambda t, h, w, px: (t // 2) * 2, 2,
                         prepare=lambda x: seen.append(x.variant) or ("text", x.variant, x.media),
                         keep_decoded=True,

@@ -26,36 +26,23 @@ from pathlib import Path
 
 import numpy as np
 
-from stormvl.data.video import DECODER_VERSION, Clip, VideoInfo, probe, read_clip
+from stormvl.data.video import DECODER_VERSION, Clip, OpenVideo, VideoInfo
 from stormvl.io import write_bytes_atomic
 
 
 class ClipReader:
-    """``probe`` and ``read_clip`` through an optional disk cache (``root`` None: no cache)."""
+    """``probe`` and ``read_clip`` through an optional disk cache (``root`` None: no cache).
+
+    A caller that probes a file to plan its clip and then reads it opens it once with
+    ``open`` (``ClipSource``). ``check`` sees every probe, cached or fresh, before its
+    caller does (a server applies its limits there).
+    """
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root else None
-        # the latest probes, by file identity: a read that follows its probe (every caller
-        # probes to plan the clip) does not open the file a second time to probe it again
-        self._probed: dict[tuple, VideoInfo] = {}
 
-    @staticmethod
-    def _identity(path: str | Path) -> tuple | None:
-        try:
-            st = Path(path).stat()
-        except OSError:
-            return None
-        return str(path), st.st_size, st.st_mtime_ns
-
-    def _remember(self, path: str | Path, info: VideoInfo) -> None:
-        key = self._identity(path)
-        if key is not None:
-            self._probed[key] = info
-            while len(self._probed) > 256:  # bounded: shared by a server's request threads
-                try:  # (no lock: the reader is pickled into DataLoader workers)
-                    self._probed.pop(next(iter(self._probed)), None)
-                except (RuntimeError, StopIteration):  # another thread changed it: next time
-                    break
+    def check(self, path: str | Path, info: VideoInfo) -> None:
+        """Refuse a video by its probe (raise ``VideoError``); every video passes here."""
 
     def _entry(self, path: str | Path, kind: str, args: list) -> Path | None:
         if self.root is None:
@@ -69,30 +56,75 @@ class ClipReader:
         digest = hashlib.sha1(key.encode()).hexdigest()
         return self.root / digest[:2] / f"{digest}.clip"
 
+    def open(self, path: str | Path, timeout_s: float | None = 60.0) -> ClipSource:
+        """One file's probe and read, opening it at most once (not at all when both are
+        cached); use as a context manager."""
+        return ClipSource(self, path, timeout_s)
+
     def probe(self, path: str | Path, timeout_s: float | None = 30.0) -> VideoInfo:
-        entry = self._entry(path, "probe", [])
-        got = _load(entry)
-        if got is not None:
-            info = VideoInfo(int(got["num_frames"]), float(got["fps"]), int(got["width"]),
-                             int(got["height"]), bool(got["exact"]))
-            self._remember(path, info)
-            return info
-        info = probe(path, timeout_s)
-        _save(entry, num_frames=info.num_frames, fps=info.fps, width=info.width,
-              height=info.height, exact=info.exact)
-        self._remember(path, info)
-        return info
+        with ClipSource(self, path, timeout_s, threads=False) as src:
+            return src.info
 
     def read_clip(self, path: str | Path, timeout_s: float | None = 60.0, **sampling) -> Clip:
         """``video.read_clip(path, **sampling)``: num_frames / sample_fps, start, end, max_frames."""
+        with ClipSource(self, path, timeout_s) as src:
+            return src.read_clip(**sampling)
+
+
+class ClipSource:
+    """One video file of a ``ClipReader``: its probe (``info``), then one read."""
+
+    def __init__(self, reader: ClipReader, path: str | Path, timeout_s: float | None,
+                 threads: bool = True):
+        self.reader, self.path, self.timeout_s, self.threads = reader, path, timeout_s, threads
+        self._video: OpenVideo | None = None
+        self._info: VideoInfo | None = None
+
+    def __enter__(self) -> ClipSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._video is not None:
+            self._video.close()
+            self._video = None
+
+    def _opened(self) -> OpenVideo:
+        if self._video is None:
+            self._video = OpenVideo(self.path, self.timeout_s, self.threads)
+        return self._video
+
+    @property
+    def info(self) -> VideoInfo:
+        """The probe (cached, or from the opened file), passed by the reader's ``check``."""
+        if self._info is None:
+            entry = self.reader._entry(self.path, "probe", [])
+            got = _load(entry)
+            if got is not None:
+                info = VideoInfo(int(got["num_frames"]), float(got["fps"]), int(got["width"]),
+                                 int(got["height"]), bool(got["exact"]))
+            else:
+                info = self._opened().info
+                _save(entry, num_frames=info.num_frames, fps=info.fps, width=info.width,
+                      height=info.height, exact=info.exact)
+            self.reader.check(self.path, info)
+            self._info = info
+        return self._info
+
+    def read_clip(self, **sampling) -> Clip:
+        """``video.read_clip``'s sampling arguments: num_frames / sample_fps, start, end,
+        max_frames. A clip decoded here was first passed by the reader's ``check``."""
         args = [sampling.get(k) for k in ("num_frames", "sample_fps", "start", "end", "max_frames")]
-        entry = self._entry(path, "clip", args)
+        entry = self.reader._entry(self.path, "clip", args)
         got = _load(entry)
         if got is not None:
             return Clip(got["frames"], got["indices"], got["timestamps"], float(got["fps"]))
-        key = self._identity(path)
-        info = self._probed.pop(key, None) if key is not None else None
-        clip = read_clip(path, timeout_s=timeout_s, info=info, **sampling)
+        video = self._opened()
+        if self._info is None:
+            self.reader.check(self.path, video.info)
+        clip = video.read(**sampling)
         _save(entry, frames=clip.frames, indices=clip.indices, timestamps=clip.timestamps,
               fps=clip.fps)
         return clip

@@ -16,6 +16,7 @@ Rules every caller relies on:
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from dataclasses import dataclass
@@ -30,6 +31,12 @@ from stormvl.errors import VideoError
 # What a decoded clip holds changed with it (2: rotation applied, presentation times); disk
 # caches of decoded clips are keyed by it, so a cache written before is not reused.
 DECODER_VERSION = 2
+
+
+# Decoder threads pay for starting only when frames are costly to decode, which the stream's
+# bytes per frame predict: on 2 cores, 16 frames of a flat 64 x 64 clip (~340 B a frame)
+# decoded 28% slower with threads, 64 x 64 noise (~3.5 KB a frame) 16% faster, 360p noise 36%.
+THREADED_BYTES_PER_FRAME = 2048
 
 
 @dataclass(frozen=True)
@@ -78,28 +85,143 @@ def probe(path: str | Path, timeout_s: float | None = 30.0) -> VideoInfo:
     """Read stream metadata (frame count, fps, displayed size).
 
     Decodes the first frame only: PyAV exposes the display matrix (rotation) on frames, not
-    on streams, and the displayed size decides the token budget.
+    on streams, and the displayed size decides the token budget. A caller that reads frames
+    after its probe should use ``OpenVideo`` (one open, the first frame decoded once).
 
     Raises:
         VideoError: the file is missing, empty or not a video.
     """
-    with _open(path, timeout_s) as container:
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
-        n = int(stream.frames or 0)
-        exact = n > 0
-        if not exact and stream.duration and stream.time_base:
-            n = int(round(float(stream.duration * stream.time_base) * fps))
-        if n <= 0 and container.duration:
-            n = int(round(container.duration / av.time_base * fps))
-        w, h = stream.codec_context.width, stream.codec_context.height
+    with OpenVideo(path, timeout_s, threads=False) as video:
+        return video.info
+
+
+class OpenVideo:
+    """A video file opened once for both its probe (``info``) and one read (``read``).
+
+    Why: planning a clip needs the probe (frame count, rate, displayed size) before the
+    frames are chosen; probing and reading apart opened the file twice and decoded its first
+    frame twice, a quarter of preparing a short clip. The first frame decoded for the probe
+    is kept and the read continues the same decoder.
+
+    Args:
+        timeout_s: the deadline for opening, probing and decoding together.
+        threads: let the decoder use frame / slice threads for a read, when its frames are
+            heavy enough to pay for them (``THREADED_BYTES_PER_FRAME``); a probe alone
+            decodes one frame, which threads only delay.
+    Raises:
+        VideoError: the file is missing, empty or not a video (``read``: corrupt, short or
+            too slow).
+    """
+
+    def __init__(self, path: str | Path, timeout_s: float | None = 30.0, threads: bool = True):
+        self.path, self.timeout_s = path, timeout_s
+        self._deadline = time.monotonic() + timeout_s if timeout_s else None
+        self._container = _open(path, timeout_s)
         try:
-            first = next(container.decode(stream), None)
+            stream = self._container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+            n = int(stream.frames or 0)
+            exact = n > 0
+            if not exact and stream.duration and stream.time_base:
+                n = int(round(float(stream.duration * stream.time_base) * fps))
+            if n <= 0 and self._container.duration:
+                n = int(round(self._container.duration / av.time_base * fps))
+            if threads and Path(path).stat().st_size >= THREADED_BYTES_PER_FRAME * max(n, 1):
+                stream.thread_type = "AUTO"  # set before the first decode opens the codec
+            w, h = stream.codec_context.width, stream.codec_context.height
+            self._time_base = stream.time_base
+            self._frames = self._container.decode(stream)
+            try:
+                self._first = next(self._frames, None)
+            except av.error.FFmpegError as exc:
+                raise VideoError(f"{path}: corrupt video stream at frame 1 ({exc})") from None
+            if self._first is not None and _quarter_turns(self._first) % 2:
+                w, h = h, w
+            self.info = VideoInfo(n, fps, w, h, exact)
+        except BaseException:
+            self._container.close()
+            raise
+        self._read = False
+
+    def __enter__(self) -> OpenVideo:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._container.close()
+
+    def read(
+        self,
+        num_frames: int | None = None,
+        sample_fps: float | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        max_frames: int | None = None,
+    ) -> Clip:
+        """Sample and decode a clip (``read_clip``'s arguments); once per opened file."""
+        n = self.info.num_frames
+        if n <= 0:  # unknown length: decode everything once and sample from memory
+            frames, times = self.frames_at(None)
+            idx = sample_indices(len(frames), self.info.fps, num_frames, sample_fps, start, end,
+                                 max_frames)
+            return Clip(frames[idx], idx, times[idx], self.info.fps)
+        idx = sample_indices(n, self.info.fps, num_frames, sample_fps, start, end, max_frames)
+        frames, times = self.frames_at(idx)
+        return Clip(frames, idx, times, self.info.fps)
+
+    def frames_at(self, indices: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Frames at ``indices`` (all when None), upright, and their presentation times.
+
+        Frames are counted in the decoder's output order, which is display order. Decoding
+        stops after the last wanted index, so a short clip of a long video does not pay for
+        the rest.
+        """
+        if self._read:
+            raise RuntimeError(f"{self.path}: an OpenVideo is read once (open it again)")
+        self._read = True
+        path, fps, deadline = self.path, self.info.fps, self._deadline
+        want = None if indices is None else np.asarray(indices, dtype=np.int64)
+        last = None if want is None else int(want.max())
+        wanted = None if want is None else set(want.tolist())
+        picked: dict[int, np.ndarray] = {}
+        pts: dict[int, int | None] = {}
+        # one converter for the whole clip: ``frame.to_ndarray(format=...)`` builds a new
+        # swscale context per frame, ~9x the cost of the conversion itself (same pixels)
+        rgb = VideoReformatter()
+        origin = None if self._first is None else self._first.pts
+        frames = itertools.chain([self._first] if self._first is not None else [], self._frames)
+        i = -1
+        try:
+            for i, frame in enumerate(frames):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise VideoError(f"{path}: decoding took longer than {self.timeout_s:.0f}s")
+                if wanted is None or i in wanted:
+                    img = rgb.reformat(frame, format="rgb24").to_ndarray()
+                    turns = _quarter_turns(frame)
+                    picked[i] = np.rot90(img, turns) if turns else img
+                    pts[i] = frame.pts
+                if last is not None and i >= last:
+                    break
         except av.error.FFmpegError as exc:
-            raise VideoError(f"{path}: corrupt video stream at frame 1 ({exc})") from None
-        if first is not None and _quarter_turns(first) % 2:
-            w, h = h, w
-        return VideoInfo(n, fps, w, h, exact)
+            raise VideoError(f"{path}: corrupt video stream at frame {i + 2} ({exc})") from None
+        if not picked:
+            raise VideoError(f"{path}: no decodable frames")
+        order = sorted(picked) if want is None else [int(k) for k in want]
+        missing = [k for k in order if k not in picked]
+        if missing:
+            # Container frame counts can overstate; reuse the last decoded frame for a tail
+            # that is at most 2 frames short, anything else is a truncated file.
+            got = max(picked)
+            if min(missing) < got or max(missing) - got > 2:
+                raise VideoError(
+                    f"{path}: only {got + 1} frames decodable, frame {min(missing)} requested"
+                )
+            for k in missing:
+                picked[k] = picked[got]
+        times = _presentation_times(order, pts, origin, self._time_base, fps)
+        return np.stack([picked[k] for k in order]), times
 
 
 def _quarter_turns(frame) -> int:
@@ -192,64 +314,9 @@ def decode_frames(
         VideoError: unreadable file, fewer frames than asked for, or decoding that takes
             longer than ``timeout_s`` seconds.
     """
-    frames, _, fps = _decode(path, indices, timeout_s)
-    return frames, fps
-
-
-def _decode(
-    path: str | Path, indices: np.ndarray | None, timeout_s: float | None
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Frames at ``indices`` (all when None), their presentation times, the average fps.
-
-    Frames are counted in the decoder's output order, which is display order. Decoding stops
-    after the last wanted index, so a short clip of a long video does not pay for the rest.
-    """
-    deadline = time.monotonic() + timeout_s if timeout_s else None
-    want = None if indices is None else np.asarray(indices, dtype=np.int64)
-    last = None if want is None else int(want.max())
-    picked: dict[int, np.ndarray] = {}
-    pts: dict[int, int | None] = {}
-    with _open(path, timeout_s) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
-        time_base = stream.time_base
-        wanted = None if want is None else set(want.tolist())
-        # one converter for the whole clip: ``frame.to_ndarray(format=...)`` builds a new
-        # swscale context per frame, ~9x the cost of the conversion itself (same pixels)
-        rgb = VideoReformatter()
-        i, origin = -1, None
-        try:
-            for i, frame in enumerate(container.decode(stream)):
-                if deadline is not None and time.monotonic() > deadline:
-                    raise VideoError(f"{path}: decoding took longer than {timeout_s:.0f}s")
-                if i == 0:
-                    origin = frame.pts
-                if wanted is None or i in wanted:
-                    img = rgb.reformat(frame, format="rgb24").to_ndarray()
-                    turns = _quarter_turns(frame)
-                    picked[i] = np.rot90(img, turns) if turns else img
-                    pts[i] = frame.pts
-                if last is not None and i >= last:
-                    break
-        except av.error.FFmpegError as exc:
-            raise VideoError(f"{path}: corrupt video stream at frame {i + 1} ({exc})") from None
-    if not picked:
-        raise VideoError(f"{path}: no decodable frames")
-    order = sorted(picked) if want is None else [int(k) for k in want]
-    missing = [k for k in order if k not in picked]
-    if missing:
-        # Container frame counts can overstate; reuse the last decoded frame for a tail
-        # that is at most 2 frames short, anything else is a truncated file.
-        got = max(picked)
-        if min(missing) < got or max(missing) - got > 2:
-            raise VideoError(
-                f"{path}: only {got + 1} frames decodable, frame {min(missing)} requested"
-            )
-        for k in missing:
-            picked[k] = picked[got]
-    times = _presentation_times(order, pts, origin, time_base, fps)
-    return np.stack([picked[k] for k in order]), times, fps
+    with OpenVideo(path, timeout_s) as video:
+        frames, _ = video.frames_at(indices)
+        return frames, video.info.fps
 
 
 def _presentation_times(order: list[int], pts: dict, origin, time_base, fps: float) -> np.ndarray:
@@ -276,22 +343,14 @@ def read_clip(
     end: float | None = None,
     max_frames: int | None = None,
     timeout_s: float | None = 60.0,
-    info: VideoInfo | None = None,
 ) -> Clip:
     """Sample and decode a clip; timestamps are the presentation times of the frames used.
 
-    ``info``: this file's ``probe``, when the caller has it (opening the file again costs
-    as much as decoding a few small frames).
+    One open of the file: the frame count and rate that choose the frames come from the
+    same decoder that then decodes them (``OpenVideo``).
     """
-    info = info or probe(path, timeout_s)
-    n = info.num_frames
-    if n <= 0:  # unknown length: decode everything once and sample from memory
-        frames, times, fps = _decode(path, None, timeout_s)
-        idx = sample_indices(len(frames), fps, num_frames, sample_fps, start, end, max_frames)
-        return Clip(frames[idx], idx, times[idx], fps)
-    idx = sample_indices(n, info.fps, num_frames, sample_fps, start, end, max_frames)
-    frames, times, fps = _decode(path, idx, timeout_s)
-    return Clip(frames, idx, times, fps)
+    with OpenVideo(path, timeout_s) as video:
+        return video.read(num_frames, sample_fps, start, end, max_frames)
 
 
 def write_video(

@@ -10,6 +10,7 @@ through:
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from stormvl.config import to_dict
-from stormvl.data.clip_cache import ClipReader
+from stormvl.data.clip_cache import ClipReader, ClipSource
 from stormvl.errors import UserError
 from stormvl.evaluation.model import (
     EvalSettings,
@@ -49,10 +50,11 @@ class Prepared:
     load_s: float  # decode + preprocessing seconds
 
 
-def _source(item: EvalItem, timeout_s: float, clips: ClipReader) -> tuple[int, float, int, int]:
-    """(frames, fps, height, width) of an item's media: a video file or a frame folder."""
-    if item.frames_fps is None:
-        info = clips.probe(item.video, timeout_s)
+def _source(item: EvalItem, src: ClipSource | None) -> tuple[int, float, int, int]:
+    """(frames, fps, height, width) of an item's media: a video file (``src``, opened) or a
+    frame folder."""
+    if src is not None:
+        info = src.info
         return info.num_frames, info.fps, info.height, info.width
     from PIL import Image
 
@@ -98,22 +100,27 @@ class Runner:
 
         t0 = time.perf_counter()
         bb, v = self.model.backbone, self.video
-        n, fps, h, w = _source(item, v.timeout_s, self.clips)
-        avail = window_frames(n, fps, item.start, item.end)
-        shapes = [(h, w, wanted_frames(v, avail, fps), avail)]
         thought = None
         if self.model.oracle_frames:
             thought = item.meta.get("thought_video")
             if not thought:
                 raise UserError(f"item {item.id}: the oracle method needs a thought video")
-            tn, tfps, th, tw = _source(EvalItem("", "", Path(thought), "", ""), v.timeout_s, self.clips)
-            shapes.append((th, tw, self.model.oracle_frames, window_frames(tn, tfps)))
-        plans = plan_clips(shapes, v, self._count, bb.temporal_patch)
-        clip = load_clip(item, num_frames=plans[0].num_frames, clips=self.clips)
+        with contextlib.ExitStack() as stack:  # each video file opened once: probe, then read
+            src = None if item.frames_fps is not None else \
+                stack.enter_context(self.clips.open(item.video, v.timeout_s))
+            n, fps, h, w = _source(item, src)
+            avail = window_frames(n, fps, item.start, item.end)
+            shapes = [(h, w, wanted_frames(v, avail, fps), avail)]
+            if thought:
+                tsrc = stack.enter_context(self.clips.open(thought, v.timeout_s))
+                tn, tfps, th, tw = _source(item, tsrc)
+                shapes.append((th, tw, self.model.oracle_frames, window_frames(tn, tfps)))
+            plans = plan_clips(shapes, v, self._count, bb.temporal_patch)
+            clip = load_clip(item, num_frames=plans[0].num_frames, source=src)
+            tclip = tsrc.read_clip(num_frames=plans[1].num_frames) if thought else None
         videos = [with_max_pixels(bb, plans[0].max_pixels).preprocess_video(clip.frames, clip.timestamps)]
         t_idx = None
-        if thought:
-            tclip = self.clips.read_clip(thought, num_frames=plans[1].num_frames, timeout_s=v.timeout_s)
+        if tclip is not None:
             videos.append(with_max_pixels(bb, plans[1].max_pixels)
                           .preprocess_video(tclip.frames, tclip.timestamps))
             t_idx = [int(i) for i in tclip.indices]

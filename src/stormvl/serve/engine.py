@@ -26,9 +26,7 @@ import copy
 import logging
 import re
 import secrets
-import tempfile
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 
@@ -36,7 +34,7 @@ from stormvl.errors import UserError
 from stormvl.evaluation.model import EvalSettings, answer_part, load_model
 from stormvl.evaluation.runner import Prepared, Runner
 from stormvl.integrations.lmms_eval import truncate_at
-from stormvl.serve.media import LimitedClips, MediaLimits, shown_error, stage
+from stormvl.serve.media import LimitedClips, MediaLimits, Scratch, shown_error, stage
 from stormvl.serve.schema import ApiError, ChatRequest, read_messages
 from stormvl.tasks.base import EvalItem
 from stormvl.training.config import VideoConfig
@@ -218,8 +216,8 @@ class ServedModel:
         runner.video = self._video(req)
         runner.gen = {**runner.gen, "k": k}
         runner.clips = self.clips
-        with tempfile.TemporaryDirectory(prefix="stormvl-serve-") as tmp:
-            staged = stage(ref, self.limits, Path(tmp), req.frames_fps)
+        with Scratch() as scratch:
+            staged = stage(ref, self.limits, scratch, req.frames_fps)
             item = EvalItem(job_id, "serve", staged.path, text, "", frames_fps=staged.frames_fps,
                             format="mc" if mc else "open_ended")
             try:

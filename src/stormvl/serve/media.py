@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,18 +128,39 @@ def _fetch(url: str, limits: MediaLimits, param: str, dest: Path) -> None:
         raise _bad(param, f"cannot fetch the URL ({type(exc).__name__})") from None
 
 
-def _video_file(ref: VideoRef, limits: MediaLimits, tmp: Path) -> Staged:
+class Scratch:
+    """A request's temporary folder, made on first use: media sent in the request (a data
+    URL, a fetched video, image frames) is written there; a local file is read in place, so
+    most requests make no folder. Deleted on exit."""
+
+    def __init__(self) -> None:
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def __call__(self) -> Path:
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="stormvl-serve-")
+        return Path(self._tmp.name)
+
+    def __enter__(self) -> Scratch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def _video_file(ref: VideoRef, limits: MediaLimits, scratch: Scratch) -> Staged:
     url, param = ref.url or "", ref.param
     scheme = urlparse(url).scheme.lower() if ":" in url[:12] else ""
     if scheme == "data":
         _, raw = decode_data_url(url, param, ("video/", "application/octet-stream"))
-        path = tmp / "video"
+        path = scratch() / "video"
         path.write_bytes(raw)
         return Staged(path, None, path, "the data URL's video")
     if scheme in ("http", "https"):
         if not limits.allow_remote:
             raise _bad(param, "remote URLs are off (start the server with --allow-remote-media)")
-        path = tmp / "video"
+        path = scratch() / "video"
         _fetch(url, limits, param, path)
         return Staged(path, None, path, "the fetched video")
     if scheme not in ("", "file"):
@@ -148,14 +170,14 @@ def _video_file(ref: VideoRef, limits: MediaLimits, tmp: Path) -> Staged:
     return Staged(real, None, real, url)
 
 
-def _frame_folder(ref: VideoRef, limits: MediaLimits, tmp: Path, fps: float) -> Staged:
+def _frame_folder(ref: VideoRef, limits: MediaLimits, scratch: Scratch, fps: float) -> Staged:
     """Check every frame (type, size, all alike) and write them as 00000.png, ... in order."""
     from PIL import Image, UnidentifiedImageError
 
     if len(ref.frames) > limits.max_frames:
         raise _bad(ref.param, f"{len(ref.frames)} image_url frames; the server allows at most "
                    f"{limits.max_frames}")
-    size = None
+    size, tmp = None, scratch()
     for i, url in enumerate(ref.frames):
         param = f"{ref.param}: frame {i} (image_url)"
         if url.startswith("data:"):
@@ -180,32 +202,31 @@ def _frame_folder(ref: VideoRef, limits: MediaLimits, tmp: Path, fps: float) -> 
     return Staged(tmp, fps, tmp, "the image_url frames")
 
 
-def stage(ref: VideoRef, limits: MediaLimits, tmp: Path, frames_fps: float | None) -> Staged:
+def stage(ref: VideoRef, limits: MediaLimits, scratch: Scratch, frames_fps: float | None) -> Staged:
     """Put a request's video where the runner can read it (a video file's duration and size
     are checked when the runner probes it, through ``LimitedClips``).
 
     Args:
-        tmp: an empty folder owned by this request (deleted by the caller afterwards).
+        scratch: this request's temporary folder (the caller deletes it afterwards).
     Raises:
         ApiError: 400 naming ``ref.param``.
     """
     if ref.url is None:
-        return _frame_folder(ref, limits, tmp, frames_fps or DEFAULT_FRAMES_FPS)
+        return _frame_folder(ref, limits, scratch, frames_fps or DEFAULT_FRAMES_FPS)
     if frames_fps is not None:
         raise _bad("frames_fps", "only for a video given as image_url frames")
-    return _video_file(ref, limits, tmp)
+    return _video_file(ref, limits, scratch)
 
 
 class LimitedClips(ClipReader):
-    """The runner's clip reader with the server's duration / pixel limits applied at its
-    probe, which comes before any frame is decoded (one probe per request, not two)."""
+    """The runner's clip reader with the server's duration / pixel limits applied to each
+    probe, which comes before any frame is decoded (one open of the file per request)."""
 
     def __init__(self, limits: MediaLimits):
         super().__init__(None)
         self.limits = limits
 
-    def probe(self, path: str | Path, timeout_s: float | None = 30.0) -> VideoInfo:
-        info = super().probe(path, timeout_s)
+    def check(self, path: str | Path, info: VideoInfo) -> None:
         lim = self.limits
         if info.duration > lim.max_video_s:
             raise VideoError(f"{path}: the video is {info.duration:.1f} s long; the server "
@@ -213,7 +234,6 @@ class LimitedClips(ClipReader):
         if info.width * info.height > lim.max_pixels:
             raise VideoError(f"{path}: {info.width}x{info.height} pixels; the server allows at "
                              f"most {lim.max_pixels} per frame")
-        return info
 
 
 def shown_error(exc: Exception, staged: Staged) -> str:

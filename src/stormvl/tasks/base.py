@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from stormvl.data.clip_cache import ClipReader
-from stormvl.data.video import Clip, sample_indices
+from stormvl.data.clip_cache import ClipSource
+from stormvl.data.video import Clip, read_clip, sample_indices
 from stormvl.errors import UserError
 
 # Reply formats; each has its own rule scorer in score.py.
@@ -69,16 +69,19 @@ def load_clip(
     num_frames: int | None = 16,
     sample_fps: float | None = None,
     max_frames: int | None = None,
-    clips: ClipReader | None = None,
+    source: ClipSource | None = None,
 ) -> Clip:
     """Sample an item's frames (video file or frame folder), honouring its start / end.
 
-    ``clips``: decode a video file through this reader (e.g. a disk cache).
+    ``source``: the item's video file, already opened (``ClipReader.open``: its probe
+    planned this read, and a disk cache may hold the clip).
     """
     if item.frames_fps is None:
-        return (clips or ClipReader()).read_clip(item.video, num_frames=num_frames,
-                                                 sample_fps=sample_fps, start=item.start,
-                                                 end=item.end, max_frames=max_frames)
+        if source is None:
+            return read_clip(item.video, num_frames=num_frames, sample_fps=sample_fps,
+                             start=item.start, end=item.end, max_frames=max_frames)
+        return source.read_clip(num_frames=num_frames, sample_fps=sample_fps, start=item.start,
+                                end=item.end, max_frames=max_frames)
     return _read_frame_folder(item.video, item.frames_fps, num_frames, sample_fps,
                               item.start, item.end, max_frames)
 

@@ -14,6 +14,7 @@ Three properties the loop relies on:
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -208,29 +209,31 @@ class VideoQADataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _clip(self, rel: str, sid: str, field_name: str, frames: int | None, start=None, end=None):
+    def _clip(self, stack: contextlib.ExitStack, rel: str, sid: str, field_name: str,
+              frames: int | None, start=None, end=None):
         path = resolve_media(self.root, rel, f"sample {sid}: {field_name}")
-        info = self.clips.probe(path, self.video.timeout_s)
+        src = stack.enter_context(self.clips.open(path, self.video.timeout_s))
+        info = src.info
         avail = window_frames(info.num_frames, info.fps, start, end)
         want = frames if frames is not None else wanted_frames(self.video, avail, info.fps)
-        return path, info, want, avail
+        return src, info, want, avail
 
     def load(self, i: int) -> Loaded:
         """Decode sample ``i``; raises VideoError / ManifestError on bad media."""
         s, v = self.samples[i], self.video
-        videos = [self._clip(s.video, s.id, "video", None, s.start, s.end)]
-        path = videos[0][0]
-        if self.oracle_frames:
-            if not s.thought_video:
-                raise UserError(f"sample {s.id}: the oracle method needs a thought_video")
-            videos.append(self._clip(s.thought_video, s.id, "thought_video", self.oracle_frames))
-        plans = plan_clips([(inf.height, inf.width, w, a) for _, inf, w, a in videos], v, self.count,
-                           self.temporal_patch)
-        clips = []
-        for (p, *_), plan in zip(videos, plans, strict=True):
-            clip = self.clips.read_clip(p, num_frames=plan.num_frames, start=s.start if p == path else None,
-                             end=s.end if p == path else None, timeout_s=v.timeout_s)
-            clips.append((clip, plan))
+        with contextlib.ExitStack() as stack:  # each file opened once: probe, then read
+            videos = [self._clip(stack, s.video, s.id, "video", None, s.start, s.end)]
+            if self.oracle_frames:
+                if not s.thought_video:
+                    raise UserError(f"sample {s.id}: the oracle method needs a thought_video")
+                videos.append(self._clip(stack, s.thought_video, s.id, "thought_video",
+                                         self.oracle_frames))
+            plans = plan_clips([(inf.height, inf.width, w, a) for _, inf, w, a in videos], v,
+                               self.count, self.temporal_patch)
+            clips = []
+            for j, ((src, *_), plan) in enumerate(zip(videos, plans, strict=True)):
+                bounds = {"start": s.start, "end": s.end} if j == 0 else {}
+                clips.append((src.read_clip(num_frames=plan.num_frames, **bounds), plan))
         (clip, plan), rest = clips[0], clips[1:]
         out = Loaded(s, clip.frames, clip.timestamps, plan)
         if rest:
