@@ -350,6 +350,19 @@ def test_a_worker_process_prepares_the_in_process_job(app, client, media):
         400, "m", "p", "invalid_request_error", {"a": "b"})
 
 
+def test_start_returns_once_every_worker_has_its_model(app):
+    """Ready means every worker process built its copy (one that is still importing would
+    spend its start-up on the first requests), not the first one up answering each check."""
+    from stormvl.serve.workers import Preparers
+
+    pre = Preparers(app.fastapi.state.serve.model, 2)
+    try:
+        pre.start()
+        assert pre.ready_pids == set(pre._pool._processes) and len(pre.ready_pids) == 2
+    finally:
+        pre.close()
+
+
 def test_a_dead_worker_costs_a_503_not_the_server(ckpt, media):
     """A worker killed while it prepares a request gets that request a 503; the next
     request is answered by a new worker; on exit no worker process is left."""

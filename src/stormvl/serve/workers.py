@@ -84,8 +84,11 @@ def _model() -> ServedModel:
     return _served
 
 
-def _check() -> int:
+def _check(hold_s: float) -> int:
+    """This worker's pid once its model copy is built; held a moment, so that the other
+    start-up checks go to the other workers rather than all to the first one up."""
     _model()
+    time.sleep(hold_s)
     return os.getpid()
 
 
@@ -113,9 +116,11 @@ class Preparers:
                                    initializer=_start_worker, initargs=(self.served.spec,))
 
     def start(self) -> None:
-        """Start every worker process and wait for their model copies, so a checkpoint the
-        workers cannot load fails the server's start (with the workers' error), not its
-        first requests.
+        """Start every worker process and wait until each has built its model copy, so a
+        checkpoint the workers cannot load fails the server's start (with the workers'
+        error), not its first requests, and ``/ready`` means no worker is still starting
+        (a worker's start costs seconds of CPU that would otherwise land on the first
+        requests).
 
         Raises:
             UserError: a worker process died while starting (or what building its copy
@@ -123,10 +128,11 @@ class Preparers:
         """
         if self.threads:
             return
-        futures = [self._pool.submit(_check) for _ in range(self.workers)]
+        self.ready_pids: set[int] = set()
         try:
-            for f in futures:
-                f.result()
+            while len(self.ready_pids) < self.workers:  # each worker, not the first up N times
+                futures = [self._pool.submit(_check, 0.02) for _ in range(self.workers)]
+                self.ready_pids |= {f.result() for f in futures}
         except BrokenProcessPool:
             raise UserError("a request-preparation worker process died while starting (its "
                             "output is above); --worker-threads prepares without worker "
