@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from stormvl.demo.presets import PRESETS, Preset
+from stormvl.demo.presets import METHODS, PRESETS, Preset
 
 SEEDS = 3  # the least: paired gains with intervals over seeds
 # the curriculum recipe (full's) at quick's size: the base row of the shell-game tables, and
@@ -42,7 +42,7 @@ BREADTH = {"containment": "easy", "event_order": "easy", "occluded_trajectory": 
            "map_building": "easy", "counterfactual": "easy"}
 # no oracle (the thought video as a second input): it costs as much as two other methods,
 # and textcot already says whether a family is learnable
-BREADTH_METHODS = ("direct", "textcot", "latent", "storm")
+BREADTH_METHODS = tuple(m for m in METHODS if m != "oracle")
 
 # the recipe with no rationale in latent's or storm's own training: from scratch the
 # bottleneck stopped every latent run from learning (docs/demo.md, finding 8), so it is off

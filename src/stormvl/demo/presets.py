@@ -14,8 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from stormvl.errors import UserError
-
-METHODS = ("direct", "textcot", "latent", "storm", "oracle")
+from stormvl.training.config import METHODS
 
 # Out-of-distribution splits beside the suite's own ``ood`` (held-out knob ranges: for the
 # shell game 6 cups, a layout no method, oracle included, scored above chance on). Each
