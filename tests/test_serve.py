@@ -350,6 +350,29 @@ def test_a_worker_process_prepares_the_in_process_job(app, client, media):
         400, "m", "p", "invalid_request_error", {"a": "b"})
 
 
+def test_a_job_travels_without_torch_load(app, client, monkeypatch):
+    """A worker's Job pickles its tensors as numpy arrays: read back without torch.load
+    (slow Python on the event loop), the same dtypes and bytes."""
+    import pickle
+
+    import torch.storage
+
+    from stormvl.serve.workers import dumps
+
+    served = app.fastapi.state.serve.model
+    job = served.prepare(_request(ask("v0.mp4")), "j")
+    sent, plain = dumps(job), pickle.dumps(job)
+    monkeypatch.setattr(torch.storage, "_load_from_bytes",
+                        lambda *a: pytest.fail("read back through torch.load"))
+    back = pickle.loads(sent)
+    for a, b in ((job.prepared.encoded.position_ids, back.prepared.encoded.position_ids),
+                 (job.prepared.encoded.videos[0].pixel_values,
+                  back.prepared.encoded.videos[0].pixel_values)):
+        assert a.dtype == b.dtype and _bits(a) == _bits(b)
+    with pytest.raises(pytest.fail.Exception):  # the plain pickle does go through it
+        pickle.loads(plain)
+
+
 def test_start_returns_once_every_worker_has_its_model(app):
     """Ready means every worker process built its copy (one that is still importing would
     spend its start-up on the first requests), not the first one up answering each check."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import io
 import logging
 import multiprocessing
 import os
@@ -33,6 +34,8 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+
+import torch
 
 from stormvl.errors import UserError
 from stormvl.serve.engine import Job, PrepareSpec, ServedModel
@@ -55,8 +58,6 @@ def _start_worker(spec: PrepareSpec) -> None:
     # a worker holds nothing to clean up: skipping the interpreter's teardown of torch and
     # transformers makes a stopping worker exit at once instead of seconds later
     atexit.register(_exit_now)
-    import torch
-
     torch.set_num_threads(1)  # the worker processes are the parallelism
     with contextlib.suppress(RuntimeError):  # already fixed in this process
         torch.set_num_interop_threads(1)
@@ -93,7 +94,32 @@ def _check(hold_s: float) -> int:
 
 
 def _prepare(req: ChatRequest, job_id: str) -> bytes:
-    return pickle.dumps(_model().prepare(req, job_id), protocol=pickle.HIGHEST_PROTOCOL)
+    return dumps(_model().prepare(req, job_id))
+
+
+class _Pickler(pickle.Pickler):
+    """Plain CPU tensors as numpy arrays, rebuilt with ``torch.from_numpy`` (same dtype, same
+    bytes). Why: torch's own tensor pickle is read back through ``torch.load``, which cost
+    the server's event loop 0.18 ms a request in Python (numpy's: 0.03 ms) while holding
+    the interpreter lock the model thread needs (at 16 clients the event loop's thread ran
+    0.3 cores' worth, the model thread only 0.5)."""
+
+    def reducer_override(self, obj):
+        if type(obj) is torch.Tensor and obj.device.type == "cpu" and not obj.requires_grad \
+                and obj.dtype in _NUMPY_DTYPES:
+            return torch.from_numpy, (obj.numpy(),)
+        return NotImplemented
+
+
+_NUMPY_DTYPES = {torch.float32, torch.float64, torch.float16, torch.int64, torch.int32,
+                 torch.int16, torch.int8, torch.uint8, torch.bool}
+
+
+def dumps(obj) -> bytes:
+    """``pickle.dumps`` with tensors sent as numpy arrays (``_Pickler``)."""
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buf.getvalue()
 
 
 # ----- in the server -----------------------------------------------------------------------
