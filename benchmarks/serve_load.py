@@ -5,7 +5,8 @@ K = 8, saved through the trainer's save path) takes a fixed number of requests f
 16 concurrent clients (httpx + asyncio); this process prints throughput and p50 / p95
 latency per level, and three ratios:
 
-  1. throughput at 16 concurrent / sequential (goal >= 3x);
+  1. throughput at 16 concurrent / sequential (goal >= 3x), the median over rounds of
+     the levels run in turn (a shared machine's load drifts between levels);
   2. served storm (K = 8) p50 - served direct (latent_steps = 0, same model) p50, over
      K decode steps, at concurrency 1 (goal <= 1.1);
   3. server overhead: p50 at concurrency 1 / the engine's own latency for the same request
@@ -23,7 +24,8 @@ prepares in threads of the server process instead, as before they existed).
 A random model stops at arbitrary tokens, so end-of-sequence is switched off in both
 processes: every reply runs to its budget, and every request costs the same.
 
-    PYTHONPATH=src python benchmarks/serve_load.py [--size tiny] [--requests 32] [--threads 1]
+    PYTHONPATH=src python benchmarks/serve_load.py [--size tiny] [--requests 32] [--rounds 3]
+        [--threads 1]
         [--max-wait-ms 10] [--workers 2] [--worker-threads] [--videos suite|noise]
 """
 
@@ -217,7 +219,9 @@ def engine_once(runner, media: Path, i: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="tiny", choices=["tiny", "small"])
-    ap.add_argument("--requests", type=int, default=32, help="requests per level")
+    ap.add_argument("--requests", type=int, default=32, help="requests per level and round")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of the three levels in turn (the ratio is their median)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
     ap.add_argument("--max-wait-ms", type=float, default=10.0,
                     help="the server's --max-wait-ms (its default: 10)")
@@ -262,13 +266,16 @@ def main() -> None:
                 if server.poll() is not None or time.time() > deadline:
                     raise SystemExit("the server did not start")
                 time.sleep(0.2)
-            results, cpu, cores = {}, {}, {}
-            for c in LEVELS:
-                c0, w0, own0 = cpu_seconds(server.pid), time.perf_counter(), time.process_time()
-                results[c] = asyncio.run(load_level(url, args.requests, c))
-                used = cpu_seconds(server.pid) - c0
-                cpu[c] = used / (args.requests + 1)
-                cores[c] = (used + time.process_time() - own0) / (time.perf_counter() - w0)
+            results = {c: [] for c in LEVELS}
+            cpu = {c: [] for c in LEVELS}
+            cores = {c: [] for c in LEVELS}
+            for _ in range(args.rounds):  # levels in turn, so drift hits each level alike
+                for c in LEVELS:
+                    c0, w0, own0 = cpu_seconds(server.pid), time.perf_counter(), time.process_time()
+                    results[c].append(asyncio.run(load_level(url, args.requests, c)))
+                    used = cpu_seconds(server.pid) - c0
+                    cpu[c].append(used / (args.requests + 1))
+                    cores[c].append((used + time.process_time() - own0) / (time.perf_counter() - w0))
             runner = engine_runner(str(ckpt))
             pairs = asyncio.run(paired(url, 2 * args.requests, runner, media))
             own = statistics.median(pairs["engine"])
@@ -283,13 +290,17 @@ def main() -> None:
           f"{args.workers}{' --worker-threads' if args.worker_threads else ' (processes)'}")
     print(f"{'concurrency':>11} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'mean batch':>10} "
           f"{'server CPU ms/req':>17} {'cores used':>10}")
-    for c, (wall, lat, replies) in results.items():
-        batch = statistics.mean(r["stormvl"]["batch_size"] for r in replies)
-        print(f"{c:>11} {args.requests / wall:8.2f} {pct(lat, 50) * 1000:8.1f} "
-              f"{pct(lat, 95) * 1000:8.1f} {batch:10.2f} {cpu[c] * 1000:17.1f} {cores[c]:10.2f}")
-    print(f"(cores used: server + client CPU seconds per wall second, of {os.cpu_count()} here)")
-    seq = args.requests / results[1][0]
-    top = args.requests / results[16][0]
+    rate = {c: [args.requests / wall for wall, _, _ in runs] for c, runs in results.items()}
+    for c, runs in results.items():
+        lat = [x for _, ls, _ in runs for x in ls]
+        batch = statistics.mean(r["stormvl"]["batch_size"] for _, _, rs in runs for r in rs)
+        print(f"{c:>11} {statistics.median(rate[c]):8.2f} {pct(lat, 50) * 1000:8.1f} "
+              f"{pct(lat, 95) * 1000:8.1f} {batch:10.2f} {statistics.median(cpu[c]) * 1000:17.1f} "
+              f"{statistics.median(cores[c]):10.2f}")
+    print(f"(medians over {args.rounds} rounds of the levels in turn; latency percentiles and "
+          f"batch over all of them; cores used: server + client CPU seconds per wall second, of "
+          f"{os.cpu_count()} here)")
+    per_round = [t / s for s, t in zip(rate[1], rate[16], strict=True)]
     p50_storm, p50_direct = pct(pairs["storm"][0], 50), pct(pairs["direct"][0], 50)
     step = statistics.median(r["stormvl"]["latency_s"]["decode"] / r["usage"]["completion_tokens"]
                              for r in pairs["direct"][1])
@@ -302,8 +313,10 @@ def main() -> None:
                  for k in ("queue", "load", "prefill", "rollout", "decode", "total")}
         print(f"{name} (in turn), server-side medians (ms): "
               + ", ".join(f"{k} {v:.1f}" for k, v in split.items()))
-    print(f"1. throughput 16 concurrent / sequential = {top / seq:.2f}x (goal >= 3x); server "
-          f"CPU per request sequential / 16 concurrent = {cpu[1] / cpu[16]:.2f}x")
+    print(f"1. throughput 16 concurrent / sequential = {statistics.median(per_round):.2f}x "
+          f"(goal >= 3x; median of the rounds: {', '.join(f'{r:.2f}' for r in per_round)}); "
+          f"server CPU per request sequential / 16 concurrent = "
+          f"{statistics.median(cpu[1]) / statistics.median(cpu[16]):.2f}x")
     paired_diff = statistics.median(a - b for a, b in zip(pairs["storm"][0], pairs["direct"][0],
                                                           strict=True))
     rollout = statistics.median(r["stormvl"]["latency_s"]["rollout"] for r in pairs["storm"][1])
