@@ -263,11 +263,13 @@ def build_app(load: Callable[[], ServedModel], cfg: ServeConfig,
         message = {"role": "assistant", "content": res.text}
         if res.reasoning is not None:
             message["reasoning_content"] = res.reasoning
-        return {"id": rid, "object": "chat.completion", "created": int(time.time()),
-                "model": served.name, "choices": [{
-                    "index": 0, "message": message, "logprobs": None,
-                    "finish_reason": res.finish_reason}],
-                "usage": usage, "stormvl": extra}
+        # JSON types only, so the response skips FastAPI's generic encoder (Python on the
+        # event loop, which shares the interpreter lock with the model thread)
+        return JSONResponse({"id": rid, "object": "chat.completion", "created": int(time.time()),
+                             "model": served.name, "choices": [{
+                                 "index": 0, "message": message, "logprobs": None,
+                                 "finish_reason": res.finish_reason}],
+                             "usage": usage, "stormvl": extra})
 
     async def _prepare(batcher: Batcher, req: ChatRequest, rid: str, deadline: float) -> Job:
         try:
