@@ -122,8 +122,9 @@ class ClipSource:
         if got is not None:
             return Clip(got["frames"], got["indices"], got["timestamps"], float(got["fps"]))
         video = self._opened()
-        if self._info is None:
+        if self._info is None:  # checked once, as ``info`` does (no probe entry written)
             self.reader.check(self.path, video.info)
+            self._info = video.info
         clip = video.read(**sampling)
         _save(entry, frames=clip.frames, indices=clip.indices, timestamps=clip.timestamps,
               fps=clip.fps)

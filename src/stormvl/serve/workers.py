@@ -97,6 +97,10 @@ def _prepare(req: ChatRequest, job_id: str) -> bytes:
     return dumps(_model().prepare(req, job_id))
 
 
+_NUMPY_DTYPES = {torch.float32, torch.float64, torch.float16, torch.int64, torch.int32,
+                 torch.int16, torch.int8, torch.uint8, torch.bool}
+
+
 class _Pickler(pickle.Pickler):
     """Plain CPU tensors as numpy arrays, rebuilt with ``torch.from_numpy`` (same dtype, same
     bytes). Why: torch's own tensor pickle is read back through ``torch.load``, which cost
@@ -109,10 +113,6 @@ class _Pickler(pickle.Pickler):
                 and obj.dtype in _NUMPY_DTYPES:
             return torch.from_numpy, (obj.numpy(),)
         return NotImplemented
-
-
-_NUMPY_DTYPES = {torch.float32, torch.float64, torch.float16, torch.int64, torch.int32,
-                 torch.int16, torch.int8, torch.uint8, torch.bool}
 
 
 def dumps(obj) -> bytes:
@@ -131,6 +131,7 @@ class Preparers:
     def __init__(self, served: ServedModel, workers: int, threads: bool = False):
         self.served, self.workers, self.threads = served, workers, threads
         self.restarts = 0  # pools replaced after a worker died
+        self.ready_pids: set[int] = set()  # the workers that answered start()
         self._closed = False
         self._lock = threading.Lock()
         self._pool = self._new_pool()
@@ -154,7 +155,6 @@ class Preparers:
         """
         if self.threads:
             return
-        self.ready_pids: set[int] = set()
         try:
             while len(self.ready_pids) < self.workers:  # each worker, not the first up N times
                 futures = [self._pool.submit(_check, 0.02) for _ in range(self.workers)]
