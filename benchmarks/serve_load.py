@@ -2,7 +2,7 @@
 
 A server process (the app ``stormvl serve`` runs, on a random-init storm checkpoint with
 K = 8, saved through the trainer's save path) takes a fixed number of requests from 1, 4 and
-16 concurrent clients (httpx + asyncio); this process prints throughput and p50 / p95
+16 concurrent clients (asyncio, one keep-alive connection each); this process prints throughput and p50 / p95
 latency per level, and three ratios:
 
   1. throughput at 16 concurrent / sequential (goal >= 3x), the median over rounds of
@@ -18,15 +18,15 @@ difference, the median of the per-round differences (same video, next to each ot
 and the server's own rollout time, both steadier on a busy machine. Beside each level: the server process's CPU time per request (on a shared
 machine the steadier measure of the work batching saves), and the cores the server and the
 clients used (where other work holds the cores, the concurrent levels cannot use them); the
-server's CPU includes its request-preparation worker processes (``--worker-threads``
-prepares in threads of the server process instead, as before they existed).
+server's CPU includes its child processes (request preparation, engine;
+``--single-process`` runs both in threads of the server process instead).
 
 A random model stops at arbitrary tokens, so end-of-sequence is switched off in both
 processes: every reply runs to its budget, and every request costs the same.
 
     PYTHONPATH=src python benchmarks/serve_load.py [--size tiny] [--requests 32] [--rounds 3]
         [--threads 1]
-        [--max-wait-ms 10] [--workers 2] [--worker-threads] [--videos suite|noise]
+        [--max-wait-ms 10] [--workers 2] [--single-process] [--client raw|httpx] [--videos suite|noise]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import statistics
@@ -84,25 +85,28 @@ def make_videos(root: Path, n: int, kind: str) -> None:
 
 
 def serve(ckpt: str, media: str, port: int, threads: int, max_wait_ms: float, workers: int,
-          worker_threads: bool) -> None:
+          single_process: bool) -> None:
     """The server process: ``stormvl serve``'s app, end-of-sequence off."""
     import torch
     import uvicorn
 
     from stormvl.serve import ServeConfig
     from stormvl.serve.app import build_app
-    from stormvl.serve.server import load_served
 
     torch.set_num_threads(threads)
     cfg = ServeConfig(port=port, media_root=media, max_batch=16, max_wait_ms=max_wait_ms,
-                      max_queue=256, workers=workers, worker_threads=worker_threads)
+                      max_queue=256, workers=workers, single_process=single_process)
 
-    def load():
-        served = load_served(ckpt, "cpu", cfg)
-        served.runner.model.backbone.eos_ids = set()
-        return served
+    uvicorn.run(build_app(functools.partial(load_eos_off, ckpt, cfg), cfg), host="127.0.0.1", port=port, log_level="warning")
 
-    uvicorn.run(build_app(load, cfg), host="127.0.0.1", port=port, log_level="warning")
+
+def load_eos_off(ckpt: str, cfg):
+    """The served checkpoint with end-of-sequence off (in the engine process)."""
+    from stormvl.serve.server import load_served
+
+    served = load_served(ckpt, "cpu", cfg)
+    served.runner.model.backbone.eos_ids = set()
+    return served
 
 
 def body(i: int, latent_steps: int | None = None) -> dict:
@@ -114,32 +118,91 @@ def body(i: int, latent_steps: int | None = None) -> dict:
     return b
 
 
-async def load_level(url: str, n: int, concurrency: int):
-    """(wall seconds, per-request latencies, replies) for n requests at this concurrency."""
-    import httpx
+class Connection:
+    """One keep-alive HTTP/1.1 connection posting JSON (asyncio streams, Content-Length
+    replies). Why not httpx here: its pure-Python HTTP parser costs ~1.3 ms of client CPU a
+    chat request on loopback (0.7 ms against 0.2 for a bare GET), which would count as
+    server latency and, at 16 clients on 2 cores, take CPU from the server;
+    ``--client httpx`` measures with it instead."""
 
-    sem = asyncio.Semaphore(concurrency)
+    def __init__(self, url: str):
+        self.host, port = url.removeprefix("http://").split(":")
+        self.port = int(port)
+        self._io = None
+
+    async def post(self, path: str, body: dict) -> tuple[int, dict]:
+        import json
+
+        if self._io is None:
+            self._io = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self._io
+        data = json.dumps(body).encode()
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: "
+                     f"application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        fields = dict(line.split(": ", 1) for line in head[1:] if ": " in line)
+        length = next(int(v) for k, v in fields.items() if k.lower() == "content-length")
+        return int(head[0].split()[1]), json.loads(await reader.readexactly(length))
+
+    async def close(self) -> None:
+        if self._io is not None:
+            self._io[1].close()
+
+
+class HttpxConnection:
+    """The same interface over an ``httpx.AsyncClient`` (``--client httpx``)."""
+
+    def __init__(self, url: str):
+        import httpx
+
+        self.url, self._client = url, httpx.AsyncClient(timeout=600)
+
+    async def post(self, path: str, body: dict) -> tuple[int, dict]:
+        r = await self._client.post(f"{self.url}{path}", json=body)
+        return r.status_code, r.json()
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+async def post(conn, i: int, latent_steps: int | None = None) -> dict:
+    status, reply = await conn.post("/v1/chat/completions", body(i, latent_steps))
+    if status != 200:
+        raise SystemExit(f"the server answered {status}: {reply}")
+    return reply
+
+
+async def load_level(url: str, n: int, concurrency: int, client: type):
+    """(wall seconds, per-request latencies, replies) for n requests at this concurrency,
+    one connection per concurrent client."""
+    conns: asyncio.Queue = asyncio.Queue()
+    for _ in range(concurrency):
+        conns.put_nowait(client(url))
     lat: list[float] = []
     replies: list[dict] = []
 
-    async def one(client, i):
-        async with sem:
+    async def one(i):
+        conn = await conns.get()
+        try:
             t0 = time.perf_counter()
-            r = await client.post(f"{url}/v1/chat/completions", json=body(i))
+            r = await post(conn, i)
             lat.append(time.perf_counter() - t0)
-            r.raise_for_status()
-            replies.append(r.json())
+            replies.append(r)
+        finally:
+            conns.put_nowait(conn)
 
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
-        await one(client, 0)  # warm-up, not counted
-        lat.clear()
-        replies.clear()
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one(client, i) for i in range(n)))
-        return time.perf_counter() - t0, lat, replies
+    await one(0)  # warm-up, not counted
+    lat.clear()
+    replies.clear()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    wall = time.perf_counter() - t0
+    while not conns.empty():
+        await conns.get_nowait().close()
+    return wall, lat, replies
 
 
-async def paired(url: str, n: int, runner, media: Path):
+async def paired(url: str, n: int, runner, media: Path, client: type):
     """Concurrency 1, in turn: a served storm request, a served direct one, and the same
     storm request through the engine alone in this process (drift in the machine's load
     hits all three alike): {"storm" | "direct": (latencies, replies), "engine": latencies}.
@@ -148,24 +211,22 @@ async def paired(url: str, n: int, runner, media: Path):
     follows the engine-alone run meets a server that sat idle meanwhile, and ran ~0.3 ms
     slower in its prefill (docs/results/serve-load-2026-12-02.md) when that
     was always the storm request."""
-    import httpx
-
     out = {"storm": ([], []), "direct": ([], []), "engine": []}
     kinds = [(None, "storm"), (0, "direct"), (None, "engine")]
-    async with httpx.AsyncClient(timeout=600) as client:
-        for i in range(n + 1):
-            for steps, name in kinds[i % 3:] + kinds[: i % 3]:
-                if name == "engine":
-                    t = engine_once(runner, media, i)
-                    if i:
-                        out["engine"].append(t)
-                    continue
-                t0 = time.perf_counter()
-                r = await client.post(f"{url}/v1/chat/completions", json=body(i, steps))
-                r.raise_for_status()
-                if i:  # the first round warms up
-                    out[name][0].append(time.perf_counter() - t0)
-                    out[name][1].append(r.json())
+    conn = client(url)
+    for i in range(n + 1):
+        for steps, name in kinds[i % 3:] + kinds[: i % 3]:
+            if name == "engine":
+                t = engine_once(runner, media, i)
+                if i:
+                    out["engine"].append(t)
+                continue
+            t0 = time.perf_counter()
+            r = await post(conn, i, steps)
+            if i:  # the first round warms up
+                out[name][0].append(time.perf_counter() - t0)
+                out[name][1].append(r)
+    await conn.close()
     return out
 
 
@@ -228,17 +289,21 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="the server's --workers (default: 2)")
     ap.add_argument("--videos", default="suite", choices=["suite", "noise"],
                     help="the requests' clips: the shell game's (default) or uniform noise")
-    ap.add_argument("--worker-threads", action="store_true",
-                    help="the server's --worker-threads: prepare in threads, not processes")
+    ap.add_argument("--single-process", action="store_true",
+                    help="the server's --single-process: preparation and model in threads")
+    ap.add_argument("--client", default="raw", choices=["raw", "httpx"],
+                    help="the load generator's HTTP client: a bare keep-alive connection "
+                         "(default) or httpx")
     ap.add_argument("--serve", nargs=3, metavar=("CKPT", "MEDIA", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         return serve(args.serve[0], args.serve[1], int(args.serve[2]), args.threads,
-                     args.max_wait_ms, args.workers, args.worker_threads)
+                     args.max_wait_ms, args.workers, args.single_process)
     import httpx
     import torch
 
     torch.set_num_threads(args.threads)
+    client = Connection if args.client == "raw" else HttpxConnection
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ckpt = make_checkpoint(root / "storm", args.size)
@@ -252,7 +317,7 @@ def main() -> None:
         server = subprocess.Popen([sys.executable, __file__, "--threads", str(args.threads),
                                    "--max-wait-ms", str(args.max_wait_ms),
                                    "--workers", str(args.workers),
-                                   *(["--worker-threads"] if args.worker_threads else []),
+                                   *(["--single-process"] if args.single_process else []),
                                    "--serve", str(ckpt), str(media), str(port)], env=env)
         url = f"http://127.0.0.1:{port}"
         try:
@@ -272,12 +337,12 @@ def main() -> None:
             for _ in range(args.rounds):  # levels in turn, so drift hits each level alike
                 for c in LEVELS:
                     c0, w0, own0 = cpu_seconds(server.pid), time.perf_counter(), time.process_time()
-                    results[c].append(asyncio.run(load_level(url, args.requests, c)))
+                    results[c].append(asyncio.run(load_level(url, args.requests, c, client)))
                     used = cpu_seconds(server.pid) - c0
                     cpu[c].append(used / (args.requests + 1))
                     cores[c].append((used + time.process_time() - own0) / (time.perf_counter() - w0))
             runner = engine_runner(str(ckpt))
-            pairs = asyncio.run(paired(url, 2 * args.requests, runner, media))
+            pairs = asyncio.run(paired(url, 2 * args.requests, runner, media, client))
             own = statistics.median(pairs["engine"])
         finally:
             server.terminate()
@@ -286,8 +351,8 @@ def main() -> None:
     print(f"qwen2_5_vl/{args.size} storm K={K}, {REPLY}-token replies, 8 frames of 64x64 "
           f"from 16-frame {'shell-game' if args.videos == 'suite' else 'noise'} clips, "
           f"{args.requests} requests per level, {args.threads} torch thread(s) per process, "
-          f"CPU, loopback; --max-batch 16 --max-wait-ms {args.max_wait_ms:g} --workers "
-          f"{args.workers}{' --worker-threads' if args.worker_threads else ' (processes)'}")
+          f"CPU, loopback, {args.client} client; --max-batch 16 --max-wait-ms {args.max_wait_ms:g} --workers "
+          f"{args.workers}{' --single-process' if args.single_process else ' (worker and engine processes)'}")
     print(f"{'concurrency':>11} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'mean batch':>10} "
           f"{'server CPU ms/req':>17} {'cores used':>10}")
     rate = {c: [args.requests / wall for wall, _, _ in runs] for c, runs in results.items()}

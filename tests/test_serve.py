@@ -10,6 +10,7 @@ afterwards.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import os
@@ -75,16 +76,19 @@ def media(tmp_path_factory) -> Path:
     return root
 
 
-def make_app(ckpt: Path, media: Path, wrap=None, **settings):
+def make_app(ckpt: Path, media: Path, wrap=None, loader=load_served, **settings):
     """An app over the tiny checkpoint; one preparation worker process unless asked
-    otherwise (each worker start imports torch and transformers: seconds on a busy box).
-    Tests of the HTTP layer alone (auth, queue, timeouts) prepare in threads."""
+    otherwise (each process start imports torch and transformers: seconds on a busy box).
+    Tests of the HTTP layer alone (auth, queue, timeouts) run in one process, where
+    ``wrap`` can wrap the model's ``run``."""
     cfg = ServeConfig(media_root=str(media), **{"workers": 1, **settings})
+    if wrap is None:  # pickles: loaded in the engine process
+        return build_app(functools.partial(loader, str(ckpt), "cpu", cfg), cfg)
+    assert cfg.single_process, "wrap needs the model in this process"
 
     def load():
-        served = load_served(str(ckpt), "cpu", cfg)
-        if wrap is not None:
-            served.run = wrap(served.run)
+        served = loader(str(ckpt), "cpu", cfg)
+        served.run = wrap(served.run)
         return served
 
     return build_app(load, cfg)
@@ -275,12 +279,12 @@ def test_seeded_sampling_is_reproducible_alone_or_among_others(client):
     assert other_seed != first or greedy != first  # sampling did sample
 
 
-def test_engine_failure_in_one_row_leaves_the_others(app, client):
+def test_engine_failure_in_one_row_leaves_the_others(ckpt, media):
     """A job that breaks the engine call (its placeholders no longer match its video) is
     answered with a 500 error; its batch-mates still get their single-request answers."""
     import dataclasses
 
-    served = app.fastapi.state.serve.model
+    served = load_served(str(ckpt), "cpu", ServeConfig(media_root=str(media)))
     good = [served.prepare(_request(ask(f"v{i}.mp4", max_tokens=5)), f"g{i}") for i in (0, 1)]
     broken = served.prepare(_request(ask("v2.mp4", max_tokens=5)), "bad")
     enc = broken.prepared.encoded
@@ -318,17 +322,16 @@ def test_a_worker_process_prepares_the_in_process_job(app, client, media):
     """The default preparation runs in spawned worker processes holding the checkpoint
     without its weights; their Job equals the server process's own, bit for bit, for a
     video file and for a frame list."""
-    import asyncio
     import pickle
 
     from stormvl.serve.schema import ApiError
 
     served, pre = app.fastapi.state.serve.model, app.fastapi.state.serve.preparers
-    assert not pre.threads and asyncio.run(pre.call(os.getpid)) != os.getpid()
+    assert not pre.threads and client.portal.call(pre.call, os.getpid) != os.getpid()
     for body in (ask("v0.mp4", num_frames=2, stop=["x"]),
                  ask(parts=_frame_parts(media), frames_fps=4.0, max_tokens=7)):
         req = _request(body)
-        here, there = served.prepare(req, "j"), asyncio.run(pre.prepare(req, "j"))
+        here, there = served.prepare(req, "j"), client.portal.call(pre.prepare, req, "j")
         assert (here.id, here.k, here.max_tokens, here.stop, here.sampling, here.seed) == (
             there.id, there.k, there.max_tokens, there.stop, there.sampling, there.seed)
         a, b = here.prepared, there.prepared
@@ -357,7 +360,7 @@ def test_a_job_travels_without_torch_load(app, client, monkeypatch):
 
     import torch.storage
 
-    from stormvl.serve.workers import dumps
+    from stormvl.serve.procs import dumps
 
     served = app.fastapi.state.serve.model
     job = served.prepare(_request(ask("v0.mp4")), "j")
@@ -375,53 +378,116 @@ def test_a_job_travels_without_torch_load(app, client, monkeypatch):
 
 def test_start_returns_once_every_worker_has_its_model(app):
     """Ready means every worker process built its copy (one that is still importing would
-    spend its start-up on the first requests), not the first one up answering each check."""
+    spend its start-up on the first requests), not the first one up."""
+    import asyncio
+
     from stormvl.serve.workers import Preparers
 
-    pre = Preparers(app.fastapi.state.serve.model, 2)
-    try:
-        pre.start()
-        assert pre.ready_pids == set(pre._pool._processes) and len(pre.ready_pids) == 2
-    finally:
-        pre.close()
+    async def start():
+        pre = Preparers(app.fastapi.state.serve.model, 2)
+        try:
+            await pre.start()
+            return pre.ready_pids, {c.process.pid for c in pre._pool.children}
+        finally:
+            pre.close()
+
+    ready, spawned = asyncio.run(start())
+    assert ready == spawned and len(ready) == 2
+
+
+def _alive(pid: int) -> bool:
+    try:  # a zombie has exited (its parent has not reaped it yet)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _children(pid: int) -> set[int]:
+    """A process's live child processes (Linux /proc)."""
+    out = set()
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        out |= {int(c) for c in task.read_text().split()}
+    return {c for c in out if _alive(c)}
 
 
 def test_a_dead_worker_costs_a_503_not_the_server(ckpt, media):
     """A worker killed while it prepares a request gets that request a 503; the next
-    request is answered by a new worker; on exit no worker process is left."""
-    import asyncio
-    import multiprocessing
-
+    request is answered by a new worker; on exit no child process is left."""
     from stormvl.serve.schema import ApiError
 
-    before = {p.pid for p in multiprocessing.active_children()}
-    app = make_app(ckpt, media)  # one worker process
+    before = _children(os.getpid())
+    app = make_app(ckpt, media)  # one worker process, the engine process
     with TestClient(app) as c:
         wait_ready(c)
         pre = app.fastapi.state.serve.preparers
-        pid = asyncio.run(pre.call(os.getpid))
+        pid = c.portal.call(pre.call, os.getpid)
         with pytest.raises(ApiError) as died:  # SIGKILL from inside its own call
-            asyncio.run(pre.call(os.kill, pid, signal.SIGKILL))
+            c.portal.call(pre.call, os.kill, pid, signal.SIGKILL)
         assert (died.value.status, died.value.code) == (503, "worker_died")
         assert died.value.headers == {"Retry-After": "1"}
         assert reply(c.post("/v1/chat/completions", json=ask(max_tokens=2)))
-        assert pre.restarts == 1 and asyncio.run(pre.call(os.getpid)) != pid
-        workers = {p.pid for p in multiprocessing.active_children()} - before
-        assert len(workers) == 1 and pid not in workers
-    assert not workers & {p.pid for p in multiprocessing.active_children()}
+        assert pre.restarts == 1 and c.portal.call(pre.call, os.getpid) != pid
+        children = _children(os.getpid()) - before
+        assert pid not in children and len(children) == 2  # a worker, the engine
+    assert not children & _children(os.getpid())
 
 
-def test_worker_threads_answer_as_the_worker_processes(client, ckpt, media):
-    import multiprocessing
+def load_dying(checkpoint: str, device: str, cfg: ServeConfig):
+    """The served model, whose process dies (SIGKILL) in an engine call holding a request
+    with max_tokens = 13 (runs in the engine process: this module is imported there)."""
+    served = load_served(checkpoint, device, cfg)
+    run = served.run
 
+    def dying(jobs):
+        if any(j.max_tokens == 13 for j in jobs):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return run(jobs)
+
+    served.run = dying
+    return served
+
+
+def test_a_dead_engine_process_costs_its_batch_a_503_then_is_replaced(client, ckpt, media):
+    """The engine process dies inside an engine call: every request of that call gets 503
+    ``engine_died``; /ready says 503 while a new engine process loads the model, then the
+    server answers as before."""
+    want = [reply(client.post("/v1/chat/completions", json=ask(f"v{i}.mp4", max_tokens=5)))
+            for i in (1, 2)]
+    app = make_app(ckpt, media, loader=load_dying, max_wait_ms=2000, max_batch=2)
+    with TestClient(app) as c:
+        wait_ready(c)
+        engine = app.fastapi.state.serve.engine
+        pid = engine._pool.children[0].process.pid
+        out = {}
+
+        def send(i, tokens):
+            out[i] = c.post("/v1/chat/completions", json=ask(f"v{i}.mp4", max_tokens=tokens))
+
+        threads = [threading.Thread(target=send, args=a) for a in ((1, 13), (2, 5))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for r in out.values():  # batched together, both lost with the process
+            assert r.status_code == 503 and r.json()["error"]["code"] == "engine_died", r.text
+            assert r.headers["retry-after"] == "1"
+        assert c.get("/ready").status_code == 503  # the new one is still loading
+        wait_ready(c)
+        got = [reply(c.post("/v1/chat/completions", json=ask(f"v{i}.mp4", max_tokens=5)))
+               for i in (1, 2)]
+        assert got == want and engine.restarts == 1
+        assert engine._pool.children[0].process.pid != pid
+
+
+def test_single_process_answers_as_the_processes(client, ckpt, media):
     want = reply(client.post("/v1/chat/completions", json=ask("v3.mp4")))
-    before = {p.pid for p in multiprocessing.active_children()}
-    app = make_app(ckpt, media, worker_threads=True)
+    before = _children(os.getpid())
+    app = make_app(ckpt, media, single_process=True)
     with TestClient(app) as c:
         wait_ready(c)
         assert app.fastapi.state.serve.preparers.threads
         assert reply(c.post("/v1/chat/completions", json=ask("v3.mp4"))) == want
-        assert {p.pid for p in multiprocessing.active_children()} <= before
+        assert _children(os.getpid()) <= before
 
 
 BAD = [  # (body or raw bytes, status, the error's param, words in its message)
@@ -642,7 +708,7 @@ def test_rationale_replies_answer_with_the_answer_and_reason_beside_it(ckpt, med
 
     assert split_reply("B", True) == ("B", None, 0)  # nothing to split
     assert split_reply(RATIONALE, False) == (RATIONALE, None, 0)  # a model without rationale
-    with TestClient(make_app(ckpt, media, wrap=_rationale_replies, worker_threads=True)) as c:
+    with TestClient(make_app(ckpt, media, wrap=_rationale_replies, single_process=True)) as c:
         wait_ready(c)
         msg = c.post("/v1/chat/completions", json=ask()).json()["choices"][0]["message"]
         assert msg["content"] == answer_part(True, RATIONALE) == "A."
@@ -659,7 +725,7 @@ def test_rationale_replies_answer_with_the_answer_and_reason_beside_it(ckpt, med
 
 
 def test_api_key_guards_everything_but_health(ckpt, media):
-    app = make_app(ckpt, media, api_key="s3cret", worker_threads=True)
+    app = make_app(ckpt, media, api_key="s3cret", single_process=True)
     with TestClient(app) as c:
         assert c.get("/health").status_code == 200
         ok = {"Authorization": "Bearer s3cret"}
@@ -693,7 +759,7 @@ def _until(cond, timeout=30.0):
 
 def test_queue_full_gets_429_with_retry_after(ckpt, media):
     gate = threading.Event()
-    app = make_app(ckpt, media, wrap=_gate(gate), max_queue=2, max_wait_ms=0, worker_threads=True)
+    app = make_app(ckpt, media, wrap=_gate(gate), max_queue=2, max_wait_ms=0, single_process=True)
     with TestClient(app) as c:
         wait_ready(c)
         out = []
@@ -716,7 +782,7 @@ def test_queue_full_gets_429_with_retry_after(ckpt, media):
 def test_request_timeout_gets_504_and_frees_its_slot(ckpt, media):
     gate = threading.Event()
     app = make_app(ckpt, media, wrap=_gate(gate), request_timeout_s=0.5, max_wait_ms=0,
-                   worker_threads=True)
+                   single_process=True)
     with TestClient(app) as c:
         wait_ready(c)
         r = c.post("/v1/chat/completions", json=ask(max_tokens=3))
@@ -734,7 +800,7 @@ def test_disconnected_client_frees_its_slot(ckpt, media):
 
     gate = threading.Event()
     app = make_app(ckpt, media, wrap=_gate(gate), max_queue=4, max_wait_ms=0,
-                   worker_threads=True)
+                   single_process=True)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -889,6 +955,8 @@ def test_sigterm_finishes_in_flight_requests_and_exits_cleanly(live):
         out[i] = httpx.post(f"{url}/v1/chat/completions", headers=auth,
                             json=ask(f"v{i}.mp4", max_tokens=64), timeout=60)
 
+    children = _children(proc.pid)  # two preparation workers, the engine, a resource tracker
+    assert len(children) >= 3
     threads = [threading.Thread(target=send, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
@@ -900,6 +968,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_cleanly(live):
     for t in threads:
         t.join()
     assert proc.wait(60) == 0
+    _until(lambda: not any(_alive(c) for c in children), timeout=10)
     assert all(o.status_code in (200, 503) for o in out.values()), [o.text for o in out.values()]
     assert any(o.status_code == 200 for o in out.values())
     text = log.read_text()

@@ -321,9 +321,9 @@ def serve(
         64, "--max-queue", help="Requests in the server at once; past it 429 + Retry-After."),
     workers: int = typer.Option(
         2, "--workers", help="Processes preparing requests (decode, preprocess, tokenise)."),
-    worker_threads: bool = typer.Option(
-        False, "--worker-threads",
-        help="Prepare in --workers threads of the server process instead (no worker processes)."),
+    single_process: bool = typer.Option(
+        False, "--single-process",
+        help="Prepare and run the model in threads of the server process (no child processes)."),
     media_root: Path | None = typer.Option(
         None, "--media-root", help="Local video paths resolve under this folder (else refused)."),
     allow_remote_media: bool = typer.Option(
@@ -351,7 +351,8 @@ def serve(
 
     cfg = ServeConfig(
         host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-        workers=workers, worker_threads=worker_threads, media_root=str(media_root) if media_root else None,
+        workers=workers, single_process=single_process,
+        media_root=str(media_root) if media_root else None,
         allow_remote_media=allow_remote_media, api_key=api_key, served_name=served_name,
         max_body_mb=max_body_mb, max_tokens_cap=max_tokens_cap,
         request_timeout_s=request_timeout_s, decode_timeout_s=decode_timeout_s,

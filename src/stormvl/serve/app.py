@@ -2,9 +2,9 @@
 ``/health`` (alive), ``/ready`` (model loaded, not draining) and ``/metrics`` (Prometheus).
 
 Request path: auth -> schema check (400 naming the field) -> admission (429 when full) ->
-a preparation worker (a process, or a thread with ``--worker-threads``; ``workers.py``)
-decodes and tokenises (400 for bad media) -> the batcher groups it with
-other requests into one engine call -> the reply, as one JSON object or as server-sent
+a preparation worker process decodes and tokenises (400 for bad media) -> the batcher
+groups it with other requests into one engine call, run in the engine process (both in
+threads with ``--single-process``; ``workers.py``) -> the reply, as one JSON object or as server-sent
 events in OpenAI's chunk format ending with ``[DONE]``. Every failure is an OpenAI-style
 error object; nothing a client sends can take the server down or reach another request.
 
@@ -36,7 +36,7 @@ from stormvl.serve.config import ServeConfig
 from stormvl.serve.engine import Answer, Job, ServedModel
 from stormvl.serve.metrics import Metrics
 from stormvl.serve.schema import ApiError, ChatRequest, describe_errors
-from stormvl.serve.workers import Preparers
+from stormvl.serve.workers import EngineProcess, EngineThread, Preparers
 
 log = logging.getLogger("stormvl.serve")
 ENDPOINTS = ("/v1/chat/completions", "/v1/models", "/health", "/ready", "/metrics")
@@ -119,40 +119,50 @@ class _Guard:
 
 def build_app(load: Callable[[], ServedModel], cfg: ServeConfig,
               on_load_error: Callable[[BaseException], None] | None = None) -> FastAPI:
-    """The ASGI app. ``load`` builds the model in a thread after startup, then the
-    preparation workers start, so ``/health`` answers (and ``/ready`` says 503) while a
-    large checkpoint loads.
+    """The ASGI app. ``load`` builds the model after startup (in the engine process, or in
+    a thread with ``cfg.single_process``), then the preparation workers start, so
+    ``/health`` answers (and ``/ready`` says 503) while a large checkpoint loads.
 
     Args:
+        load: returns the loaded ``ServedModel``; it must pickle (a module-level function
+            or a ``functools.partial`` of one) unless ``cfg.single_process``.
         on_load_error: called with the exception when loading fails (the CLI stops the
             server and exits with it).
     """
     metrics = Metrics()
     max_body = int(cfg.max_body_mb * (1 << 20))
-    st = SimpleNamespace(model=None, batcher=None, preparers=None, error=None, draining=False,
-                         loaded_at=0)
+    st = SimpleNamespace(model=None, batcher=None, preparers=None, engine=None, error=None,
+                         draining=False, loaded_at=0)
 
     async def load_model() -> None:
-        preparers = None
+        preparers = engine = None
         try:
-            served = await asyncio.to_thread(load)
-            preparers = Preparers(served, cfg.workers, cfg.worker_threads)
-            await asyncio.to_thread(preparers.start)
+            if cfg.single_process:
+                served = await asyncio.to_thread(load)
+                engine = EngineThread(served)
+            else:  # the weights in the engine process, a weightless copy here
+                engine = EngineProcess(load)
+                served = await asyncio.to_thread((await engine.start()).build)
+            preparers = Preparers(served, cfg.workers, cfg.single_process)
+            await preparers.start()
         except BaseException as exc:  # noqa: BLE001 - reported, and the CLI exits with it
-            if preparers is not None:
-                await asyncio.to_thread(preparers.close)
+            for part in (preparers, engine):
+                if part is not None:
+                    await asyncio.to_thread(part.close)
             st.error = exc
             log.error("loading the model failed: %s", exc)
             if on_load_error is not None:
                 on_load_error(exc)
             return
-        batcher = Batcher(served.run, cfg.max_batch, cfg.max_wait_ms / 1000, cfg.max_queue,
+        batcher = Batcher(engine.run, cfg.max_batch, cfg.max_wait_ms / 1000, cfg.max_queue,
                           metrics)
         batcher.start()
-        st.model, st.batcher, st.preparers = served, batcher, preparers
+        st.model, st.batcher, st.preparers, st.engine = served, batcher, preparers, engine
         st.loaded_at = int(time.time())
         log.info("ready: serving %s as %r (%d preparation worker %s)", served.runner.model.path,
-                 served.name, cfg.workers, "threads" if cfg.worker_threads else "processes")
+                 served.name, cfg.workers,
+                 "threads, the model in this process" if cfg.single_process else
+                 "processes, the model in its own process")
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -163,8 +173,9 @@ def build_app(load: Callable[[], ServedModel], cfg: ServeConfig,
             loading.cancel()
         if st.batcher is not None:
             await st.batcher.close(cfg.request_timeout_s)
-        if st.preparers is not None:  # after the batcher: in-flight requests are done
-            await asyncio.to_thread(st.preparers.close)
+        for part in (st.preparers, st.engine):  # after the batcher: in-flight requests done
+            if part is not None:
+                await asyncio.to_thread(part.close)
 
     app = FastAPI(title="stormvl", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
@@ -200,8 +211,9 @@ def build_app(load: Callable[[], ServedModel], cfg: ServeConfig,
         if st.draining:
             raise ApiError(503, "the server is shutting down", None, "unavailable_error",
                            "shutting_down", {"Retry-After": "1"})
-        if st.model is None:
-            why = "failed to load" if st.error else "is still loading"
+        if st.model is None or not st.engine.up:
+            why = "failed to load" if st.error else "is still loading" if st.model is None \
+                else "is being reloaded (its engine process died)"
             raise ApiError(503, f"the model {why}", None, "unavailable_error", "not_ready",
                            {"Retry-After": "5"})
         return st.model, st.batcher

@@ -10,9 +10,9 @@ call when any of these holds:
 - no other admitted request is still being prepared (nobody could join: a lone request
   does not wait for company that is not coming).
 
-Engine calls run one at a time on a dedicated model thread, so the event loop keeps
-accepting, decoding and answering while the model works; requests arriving meanwhile form
-the next batch. A client that goes away (disconnect, timeout) cancels its future: a job not
+Engine calls run one at a time, awaited (in the engine process, or on the model thread
+with ``--single-process``), so the event loop keeps accepting and answering while the model
+works; requests arriving meanwhile form the next batch. A client that goes away (disconnect, timeout) cancels its future: a job not
 yet in a call is dropped, and its slot is freed at once either way.
 """
 
@@ -21,8 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,14 +40,14 @@ class Batcher:
     """The bounded queue in front of the engine.
 
     Args:
-        run: jobs -> one result per job (``Answer`` or ``ApiError``); called on the model
-            thread, one call at a time.
+        run: jobs -> one result per job (``Answer`` or ``ApiError``), awaited; one call at
+            a time.
         max_batch: jobs per engine call at most.
         max_wait_s: how long the oldest ready job waits for others to join.
         max_queue: requests admitted at once (preparing, waiting or running); past it 429.
     """
 
-    def __init__(self, run: Callable[[list], list], max_batch: int, max_wait_s: float,
+    def __init__(self, run: Callable[[list], Awaitable[list]], max_batch: int, max_wait_s: float,
                  max_queue: int, metrics: Metrics):
         self.run, self.max_batch, self.max_wait_s = run, max_batch, max_wait_s
         self.max_queue, self.metrics = max_queue, metrics
@@ -59,7 +58,6 @@ class Batcher:
         self.closing = False
         self._ready: list[_Pending] = []
         self._changed = asyncio.Event()
-        self._model = ThreadPoolExecutor(1, thread_name_prefix="stormvl-model")
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -136,7 +134,6 @@ class Batcher:
                 return batch
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
             now = time.monotonic()
@@ -148,7 +145,7 @@ class Batcher:
             self.running = len(batch)
             self._gauge()
             try:
-                results = await loop.run_in_executor(self._model, self.run, [p.job for p in batch])
+                results = await self.run([p.job for p in batch])
             except Exception as exc:  # run() isolates rows itself; this is a last resort
                 results = [ApiError(500, f"engine error ({type(exc).__name__})", None,
                                     "server_error", "engine_error")] * len(batch)
@@ -168,7 +165,7 @@ class Batcher:
 
     async def close(self, timeout_s: float) -> None:
         """Refuse new requests, let admitted ones finish for up to ``timeout_s``, then fail
-        what is left with 503 and stop the model thread."""
+        what is left with 503."""
         self.closing = True
         deadline = time.monotonic() + timeout_s
         while self.admitted > 0 and time.monotonic() < deadline:
@@ -180,4 +177,3 @@ class Batcher:
                 p.future.set_result(ApiError(503, "the server shut down before this request "
                                              "ran", None, "unavailable_error", "shutting_down"))
         self._ready.clear()
-        self._model.shutdown(wait=True, cancel_futures=True)

@@ -18,7 +18,7 @@ class ServeConfig:
     max_wait_ms: float = 10.0  # how long a ready request waits for others to join its call
     max_queue: int = 64  # requests in the server at once; past it 429 + Retry-After
     workers: int = 2  # processes preparing requests (decode, preprocess, tokenise)
-    worker_threads: bool = False  # prepare in ``workers`` threads of the server process instead
+    single_process: bool = False  # preparation and engine in threads of the server process
     media_root: str | None = None  # local video paths resolve under here (None: refused)
     allow_remote_media: bool = False  # fetch http(s) video URLs
     api_key: str | None = None  # every endpoint but /health needs "Authorization: Bearer KEY"

@@ -3,12 +3,13 @@ answers meanwhile), serve, and shut down gracefully on SIGTERM / Ctrl-C.
 
 SIGTERM: ``/ready`` turns 503 at once (a load balancer stops sending), uvicorn stops
 accepting connections and lets in-flight requests finish (up to the request timeout), then
-the batcher fails whatever is left with 503, the preparation workers are stopped, and the
-process exits 0.
+the batcher fails whatever is left with 503, the preparation workers and the engine process
+are stopped, and the process exits 0.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 from pathlib import Path
@@ -27,7 +28,7 @@ def load_served(checkpoint: str, device: str, cfg: ServeConfig) -> ServedModel:
     return ServedModel(runner, name, cfg.media_limits(), cfg.max_tokens_cap)
 
 
-def _log_to_stderr() -> None:
+def log_to_stderr() -> None:
     log = logging.getLogger("stormvl.serve")
     if not log.handlers:
         handler = logging.StreamHandler()
@@ -53,14 +54,14 @@ def run(checkpoint: str, device: str, cfg: ServeConfig) -> None:
         failure.append(exc)
         server.should_exit = True
 
-    app = build_app(lambda: load_served(checkpoint, device, cfg), cfg, failed)
+    app = build_app(functools.partial(load_served, checkpoint, device, cfg), cfg, failed)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
             app.fastapi.state.serve.draining = True  # /ready -> 503 before anything closes
             super().handle_exit(sig, frame)
 
-    _log_to_stderr()
+    log_to_stderr()
     server = Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, lifespan="on",
                                    log_level="info", timeout_graceful_shutdown=int(
                                        cfg.request_timeout_s) + 5))
