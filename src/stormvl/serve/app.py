@@ -148,7 +148,7 @@ def build_app(load: Callable[[], ServedModel], cfg: ServeConfig,
         except BaseException as exc:  # noqa: BLE001 - reported, and the CLI exits with it
             for part in (preparers, engine):
                 if part is not None:
-                    await asyncio.to_thread(part.close)
+                    part.close()  # on the loop: the pools are its objects
             st.error = exc
             log.error("loading the model failed: %s", exc)
             if on_load_error is not None:
@@ -175,7 +175,7 @@ def build_app(load: Callable[[], ServedModel], cfg: ServeConfig,
             await st.batcher.close(cfg.request_timeout_s)
         for part in (st.preparers, st.engine):  # after the batcher: in-flight requests done
             if part is not None:
-                await asyncio.to_thread(part.close)
+                part.close()  # on the loop: the pools are its objects
 
     app = FastAPI(title="stormvl", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)

@@ -30,6 +30,7 @@ import fcntl
 import io
 import logging
 import multiprocessing
+import multiprocessing.util
 import os
 import pickle
 import signal
@@ -116,6 +117,10 @@ def _exit_with(parent) -> None:
 
 
 def _exit_now() -> None:
+    # the finalizers that unregister semaphores from multiprocessing's resource tracker
+    # (tqdm's progress bars make one), else it warns of a "leaked semaphore" at exit
+    with contextlib.suppress(Exception):
+        multiprocessing.util._run_finalizers(0)
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:
             stream.flush()
@@ -336,7 +341,8 @@ class Pool:
     def close(self, grace_s: float = 5.0) -> None:
         """Stop the children: idle ones exit at once; a busy one (a request that timed out
         mid-decode) gets ``grace_s`` seconds, then is terminated, so none outlives the
-        server."""
+        server. Called on the event loop (the pool's waiters are its futures), at shutdown:
+        it blocks for as long as a busy child takes."""
         self._closed = True
         self._changed.set()
         live = [c for c in self.children if c is not None]
