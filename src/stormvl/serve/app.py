@@ -4,8 +4,8 @@
 Request path: auth -> schema check (400 naming the field) -> admission (429 when full) ->
 a preparation worker process decodes and tokenises (400 for bad media) -> the batcher
 groups it with other requests into one engine call, run in the engine process (both in
-threads with ``--single-process``; ``workers.py``) -> the reply, as one JSON object or as server-sent
-events in OpenAI's chunk format ending with ``[DONE]``. Every failure is an OpenAI-style
+threads with ``--single-process``; ``workers.py``) -> the reply, as one JSON object or as
+server-sent events in OpenAI's chunk format ending with ``[DONE]``. Every failure is an OpenAI-style
 error object; nothing a client sends can take the server down or reach another request.
 
 Streaming note: the engine decodes a whole batch in one call, so a streamed reply's chunks
@@ -276,7 +276,7 @@ def build_app(load: Callable[[], ServedModel], cfg: ServeConfig,
         if res.reasoning is not None:
             message["reasoning_content"] = res.reasoning
         # JSON types only, so the response skips FastAPI's generic encoder (Python on the
-        # event loop, which shares the interpreter lock with the model thread)
+        # event loop, the server's one thread)
         return JSONResponse({"id": rid, "object": "chat.completion", "created": int(time.time()),
                              "model": served.name, "choices": [{
                                  "index": 0, "message": message, "logprobs": None,

@@ -12,8 +12,9 @@ call when any of these holds:
 
 Engine calls run one at a time, awaited (in the engine process, or on the model thread
 with ``--single-process``), so the event loop keeps accepting and answering while the model
-works; requests arriving meanwhile form the next batch. A client that goes away (disconnect, timeout) cancels its future: a job not
-yet in a call is dropped, and its slot is freed at once either way.
+works; requests arriving meanwhile form the next batch. A client that goes away
+(disconnect, timeout) cancels its future: a job not yet in a call is dropped, and its slot
+is freed at once either way.
 """
 
 from __future__ import annotations

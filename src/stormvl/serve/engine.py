@@ -1,6 +1,6 @@
 """The model side of the server: a request becomes a prepared ``Job`` (in the worker pool:
 worker processes holding a weightless copy of the model, ``PrepareSpec``, or threads), and
-a batch of jobs becomes answers in one engine call (on the model thread).
+a batch of jobs becomes answers in one engine call (in the engine process, ``workers.py``).
 
 Both go through the evaluator's ``Runner`` (``stormvl eval`` and ``stormvl answer`` answer
 with it): frames planned as training planned them, the method's prompt layout, left-padded
@@ -226,7 +226,7 @@ class ServedModel:
                 raise ApiError(400, f"{ref.param}: {shown_error(exc, staged)}", ref.param) from None
         return Job(job_id, prepared, k, tokens, list(req.stop or []), sampling, req.seed)
 
-    # ----- jobs -> answers (model thread) -------------------------------------------------
+    # ----- jobs -> answers (the engine process) -----------------------------------------
 
     def run(self, jobs: list[Job]) -> list[Answer | ApiError]:
         """One engine call for jobs sharing a key; a failing batch is retried row by row, so
