@@ -92,10 +92,13 @@ def _child_main(calls: Connection, replies: Connection, init: Callable, args: tu
         failed = exc
     while True:
         try:
-            fn, fargs = pickle.loads(calls.recv_bytes())
+            call = calls.recv_bytes()
         except (EOFError, OSError):  # the server closed the pipe: stop
             _exit_now()
+        name = "call"
         try:
+            fn, fargs = pickle.loads(call)
+            name = getattr(fn, "__name__", name)
             if failed is not None:
                 raise failed
             reply = (True, fn(*fargs))
@@ -104,7 +107,7 @@ def _child_main(calls: Connection, replies: Connection, init: Callable, args: tu
         try:
             blob = dumps(reply)
         except Exception as exc:  # noqa: BLE001 - an unpicklable result or exception
-            blob = dumps((False, RuntimeError(f"{fn.__name__}: {type(exc).__name__}: {exc}")))
+            blob = dumps((False, RuntimeError(f"{name}: {type(exc).__name__}: {exc}")))
         try:
             replies.send_bytes(blob)
         except OSError:
