@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,10 +66,15 @@ class Clip:
 
 
 def _open(path: str | Path, timeout_s: float | None):
+    """(the opened container, the file's size in bytes): one stat for both checks."""
     p = Path(path)
-    if not p.is_file():
+    try:
+        st = p.stat()
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
         raise VideoError(f"{p}: video file not found")
-    if p.stat().st_size == 0:
+    if st.st_size == 0:
         raise VideoError(f"{p}: video file is empty")
     try:
         kwargs = {"timeout": (timeout_s, timeout_s)} if timeout_s else {}
@@ -78,7 +84,7 @@ def _open(path: str | Path, timeout_s: float | None):
     if not container.streams.video:
         container.close()
         raise VideoError(f"{p}: no video stream")
-    return container
+    return container, st.st_size
 
 
 def probe(path: str | Path, timeout_s: float | None = 30.0) -> VideoInfo:
@@ -116,7 +122,7 @@ class OpenVideo:
     def __init__(self, path: str | Path, timeout_s: float | None = 30.0, threads: bool = True):
         self.path, self.timeout_s = path, timeout_s
         self._deadline = time.monotonic() + timeout_s if timeout_s else None
-        self._container = _open(path, timeout_s)
+        self._container, size = _open(path, timeout_s)
         try:
             stream = self._container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
@@ -126,7 +132,7 @@ class OpenVideo:
                 n = int(round(float(stream.duration * stream.time_base) * fps))
             if n <= 0 and self._container.duration:
                 n = int(round(self._container.duration / av.time_base * fps))
-            if threads and Path(path).stat().st_size >= THREADED_BYTES_PER_FRAME * max(n, 1):
+            if threads and size >= THREADED_BYTES_PER_FRAME * max(n, 1):
                 stream.thread_type = "AUTO"  # set before the first decode opens the codec
             w, h = stream.codec_context.width, stream.codec_context.height
             self._time_base = stream.time_base
@@ -134,7 +140,8 @@ class OpenVideo:
             try:
                 self._first = next(self._frames, None)
             except av.error.FFmpegError as exc:
-                raise VideoError(f"{path}: corrupt video stream at frame 1 ({exc})") from None
+                raise VideoError(f"{path}: corrupt video stream at frame index 0 (the first; "
+                                 f"{exc})") from None
             if self._first is not None and _quarter_turns(self._first) % 2:
                 w, h = h, w
             self.info = VideoInfo(n, fps, w, h, exact)
@@ -205,7 +212,8 @@ class OpenVideo:
                 if last is not None and i >= last:
                     break
         except av.error.FFmpegError as exc:
-            raise VideoError(f"{path}: corrupt video stream at frame {i + 2} ({exc})") from None
+            raise VideoError(f"{path}: corrupt video stream at frame index {i + 1} (from 0; "
+                             f"{i + 1} frames decoded before it) ({exc})") from None
         if not picked:
             raise VideoError(f"{path}: no decodable frames")
         order = sorted(picked) if want is None else [int(k) for k in want]
@@ -216,7 +224,8 @@ class OpenVideo:
             got = max(picked)
             if min(missing) < got or max(missing) - got > 2:
                 raise VideoError(
-                    f"{path}: only {got + 1} frames decodable, frame {min(missing)} requested"
+                    f"{path}: only {got + 1} frames decodable, frame index {min(missing)} (from 0) "
+                    "requested"
                 )
             for k in missing:
                 picked[k] = picked[got]

@@ -216,7 +216,7 @@ class VideoQADataset(Dataset):
         info = src.info
         avail = window_frames(info.num_frames, info.fps, start, end)
         want = frames if frames is not None else wanted_frames(self.video, avail, info.fps)
-        return src, info, want, avail
+        return src, want, avail  # (the open clip, frames wanted, frames in the window)
 
     def load(self, i: int) -> Loaded:
         """Decode sample ``i``; raises VideoError / ManifestError on bad media."""
@@ -228,7 +228,7 @@ class VideoQADataset(Dataset):
                     raise UserError(f"sample {s.id}: the oracle method needs a thought_video")
                 videos.append(self._clip(stack, s.thought_video, s.id, "thought_video",
                                          self.oracle_frames))
-            plans = plan_clips([(inf.height, inf.width, w, a) for _, inf, w, a in videos], v,
+            plans = plan_clips([(c.info.height, c.info.width, w, a) for c, w, a in videos], v,
                                self.count, self.temporal_patch)
             clips = []
             for j, ((src, *_), plan) in enumerate(zip(videos, plans, strict=True)):
