@@ -5,8 +5,9 @@ Request path: auth -> schema check (400 naming the field) -> admission (429 when
 a preparation worker process decodes and tokenises (400 for bad media) -> the batcher
 groups it with other requests into one engine call, run in the engine process (both in
 threads with ``--single-process``; ``workers.py``) -> the reply, as one JSON object or as
-server-sent events in OpenAI's chunk format ending with ``[DONE]``. Every failure is an OpenAI-style
-error object; nothing a client sends can take the server down or reach another request.
+server-sent events in OpenAI's chunk format ending with ``[DONE]``. Every failure is an
+OpenAI-style error object; nothing a client sends can take the server down or reach
+another request.
 
 Streaming note: the engine decodes a whole batch in one call, so a streamed reply's chunks
 are sent together when its batch finishes (the format of streaming, not an earlier first
