@@ -206,10 +206,11 @@ class Child:
                 await readable
             except asyncio.CancelledError:
                 self.dead = True
-                self.close()
                 raise
             finally:
                 loop.remove_reader(fd)
+                if self.dead:  # cancelled: its reply would answer the next call
+                    self.close()
             os.set_blocking(fd, True)  # uvloop makes a watched fd non-blocking
             try:  # readable: the child is writing its reply (or has exited)
                 ok, value = pickle.loads(self._replies.recv_bytes())

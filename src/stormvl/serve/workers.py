@@ -78,7 +78,7 @@ class Preparers:
     """``workers`` spawned processes (or threads, ``threads=True``) preparing requests."""
 
     def __init__(self, served: ServedModel, workers: int, threads: bool = False):
-        self.served, self.workers, self.threads = served, workers, threads
+        self.served, self.threads = served, threads
         self.ready_pids: set[int] = set()  # the worker processes that answered start()
         self._threads = ThreadPoolExecutor(workers, thread_name_prefix="stormvl-decode") \
             if threads else None
